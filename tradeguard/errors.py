@@ -1,0 +1,43 @@
+"""The one exception family of TradeGuard: every error it raises on purpose."""
+
+from __future__ import annotations
+
+
+class TradeGuardError(Exception):
+    """Base of every error TradeGuard raises on purpose."""
+
+
+class ConfigError(TradeGuardError):
+    """The configuration is invalid; carries every problem found."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class ResolverError(TradeGuardError):
+    """No resolver on the ladder produced an address for a host."""
+
+
+class FeedError(TradeGuardError):
+    """The price feed could not be reached or spoke nonsense."""
+
+
+class BrokerError(TradeGuardError):
+    """The broker refused, failed or could not be reached for an order."""
+
+
+class StoreError(TradeGuardError):
+    """The SQLite store could not be opened or written."""
+
+
+class PositionError(TradeGuardError):
+    """A request about a position cannot be carried out as asked.
+
+    `code` is the HTTP status an operator should see: 400 bad input,
+    404 no such position, 409 conflicting state, 502 broker failure.
+    """
+
+    def __init__(self, message: str, code: int = 400) -> None:
+        super().__init__(message)
+        self.code = code

@@ -1,0 +1,189 @@
+"""Positions, their validation, the stop rules and P&L.
+
+Long: stop-loss when price <= stop_loss, take-profit when price >= take_profit.
+Short is the mirror. Rules are evaluated over a *batch* of prices in arrival
+order and the first crossing wins, so a single breaching tick inside a burst
+or a batched frame is never lost, even if the next tick is back inside.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from tradeguard.errors import PositionError
+from tradeguard.prices import Tick, valid_price
+
+
+class Side(enum.Enum):
+    LONG = "long"
+    SHORT = "short"
+
+
+class State(enum.Enum):
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+    CLOSE_FAILED = "close_failed"
+
+
+REASONS = ("stop_loss", "take_profit", "emergency", "blind")
+
+
+@dataclass(frozen=True)
+class Position:
+    symbol: str
+    side: Side
+    quantity: float
+    entry_price: float
+    stop_loss: float | None
+    take_profit: float | None
+    state: State = State.OPEN
+    id: int | None = None
+    client_order_id: str | None = None
+    order_id: str | None = None
+    exit_price: float | None = None
+    pnl: float | None = None
+    reason: str | None = None
+    opened_at: float | None = None
+    closed_at: float | None = None
+    close_attempts: int = 0
+    last_error: str | None = None
+
+    @property
+    def exit_side(self) -> str:
+        """The broker order side that closes this position."""
+        return "sell" if self.side is Side.LONG else "buy"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "symbol": self.symbol,
+            "side": self.side.value,
+            "quantity": self.quantity,
+            "entry_price": self.entry_price,
+            "stop_loss": self.stop_loss,
+            "take_profit": self.take_profit,
+            "state": self.state.value,
+            "exit_price": self.exit_price,
+            "pnl": self.pnl,
+            "reason": self.reason,
+            "opened_at": self.opened_at,
+            "closed_at": self.closed_at,
+            "client_order_id": self.client_order_id,
+            "order_id": self.order_id,
+        }
+
+
+def trigger(position: Position, price: float) -> str | None:
+    """The reason a single price closes the position, or None."""
+    sl, tp = position.stop_loss, position.take_profit
+    if position.side is Side.LONG:
+        if sl is not None and price <= sl:
+            return "stop_loss"
+        if tp is not None and price >= tp:
+            return "take_profit"
+    else:
+        if sl is not None and price >= sl:
+            return "stop_loss"
+        if tp is not None and price <= tp:
+            return "take_profit"
+    return None
+
+
+def first_trigger(position: Position, ticks: Iterable[Tick]) -> tuple[str, Tick] | None:
+    """The first tick of a batch (in order) that crosses a level, with its reason."""
+    for tick in ticks:
+        if tick.symbol == position.symbol and (reason := trigger(position, tick.price)):
+            return reason, tick
+    return None
+
+
+def pnl(position: Position, exit_price: float) -> float:
+    """Profit (positive) or loss (negative) of closing at `exit_price`."""
+    direction = 1.0 if position.side is Side.LONG else -1.0
+    return round(direction * (exit_price - position.entry_price) * position.quantity, 6)
+
+
+def distance_pct(price: float, level: float | None) -> float | None:
+    """How far `level` is from `price`, in percent of the price."""
+    if level is None:
+        return None
+    return round((level - price) / price * 100.0, 3)
+
+
+def _number(body: Mapping[str, Any], key: str, *, optional: bool) -> float | None:
+    value = body.get(key)
+    if value is None and optional:
+        return None
+    if not valid_price(value):
+        need = "a number above 0" + (" or null" if optional else "")
+        raise PositionError(f"{key}: must be {need}")
+    return float(value)
+
+
+def validate_symbol(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > 64:
+        raise PositionError("symbol: must be a non-empty string of at most 64 characters")
+    symbol = value.strip().upper()
+    if not all(c.isalnum() or c in "-_.&:" for c in symbol):
+        raise PositionError("symbol: may hold letters, digits and - _ . & : only")
+    return symbol
+
+
+def check_levels(
+    side: Side, entry: float, stop_loss: float | None, take_profit: float | None
+) -> None:
+    """Levels must exist (one at least) and sit on the right side of the entry."""
+    if stop_loss is None and take_profit is None:
+        raise PositionError("stop_loss and take_profit: at least one must be set")
+    below, above = (stop_loss, take_profit) if side is Side.LONG else (take_profit, stop_loss)
+    below_name, above_name = (
+        ("stop_loss", "take_profit") if side is Side.LONG else ("take_profit", "stop_loss")
+    )
+    if below is not None and not below < entry:
+        raise PositionError(f"{below_name}: must be below entry_price for a {side.value}")
+    if above is not None and not above > entry:
+        raise PositionError(f"{above_name}: must be above entry_price for a {side.value}")
+
+
+def position_from_request(body: Any, now: float) -> Position:
+    """Validate an open-position request body (SPEC §6) into a new Position."""
+    if not isinstance(body, dict):
+        raise PositionError("body: must be a JSON object")
+    unknown = set(body) - {"symbol", "side", "quantity", "entry_price", "stop_loss",
+                           "take_profit"}
+    if unknown:
+        raise PositionError(f"unknown field(s): {', '.join(sorted(unknown))}")
+    symbol = validate_symbol(body.get("symbol"))
+    try:
+        side = Side(body.get("side"))
+    except ValueError:
+        raise PositionError("side: must be 'long' or 'short'") from None
+    quantity = _number(body, "quantity", optional=False)
+    entry = _number(body, "entry_price", optional=False)
+    assert quantity is not None and entry is not None
+    stop_loss = _number(body, "stop_loss", optional=True)
+    take_profit = _number(body, "take_profit", optional=True)
+    check_levels(side, entry, stop_loss, take_profit)
+    return Position(symbol, side, quantity, entry, stop_loss, take_profit, opened_at=now)
+
+
+def levels_from_request(body: Any, position: Position) -> Position:
+    """Validate a PATCH body and return the position with its new levels."""
+    if not isinstance(body, dict) or not body:
+        raise PositionError("body: must be a JSON object with stop_loss and/or take_profit")
+    unknown = set(body) - {"stop_loss", "take_profit"}
+    if unknown:
+        raise PositionError(f"unknown field(s): {', '.join(sorted(unknown))}")
+    stop_loss = (
+        _number(body, "stop_loss", optional=True) if "stop_loss" in body else position.stop_loss
+    )
+    take_profit = (
+        _number(body, "take_profit", optional=True)
+        if "take_profit" in body
+        else position.take_profit
+    )
+    check_levels(position.side, position.entry_price, stop_loss, take_profit)
+    return replace(position, stop_loss=stop_loss, take_profit=take_profit)
