@@ -32,7 +32,8 @@ class Backoff:
 
     def base_delay(self, attempt: int) -> float:
         """The delay before jitter for attempt `attempt` (1-based)."""
-        exponent = min(max(attempt - 1, 0), 64)
+        # 2.0**1024 overflows; any smaller cap would stall a tiny `initial` below `maximum`
+        exponent = min(max(attempt - 1, 0), 1023)
         return float(min(self.maximum, self.initial * 2.0**exponent))
 
     def next_delay(self) -> float:

@@ -162,9 +162,13 @@ def _coerce(value: Any, kind: Any) -> Any:
             return value
     elif kind is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            if not math.isfinite(value):
+            try:
+                number = float(value)
+            except OverflowError:  # TOML integers are unbounded
+                raise ValueError("must be a finite number") from None
+            if not math.isfinite(number):
                 raise ValueError("must be a finite number")
-            return float(value)
+            return number
     elif kind is str:
         if isinstance(value, str):
             return value
@@ -215,15 +219,19 @@ def _merge_env(
             continue
         section = next((s for s in sections if rest.startswith(s + "_")), None)
         if section is None:
-            problems.append(f"{name}: no such section{_suggest(rest, list(sections))}")
+            guess = rest.partition("_")[0]
+            problems.append(f"{name}: no such section{_suggest(guess, list(sections))}")
             continue
         key = rest[len(section) + 1 :]
         keys = _keys(sections[section])
         if key not in keys:
             problems.append(f"{name}: {section} has no key {key!r}{_suggest(key, list(keys))}")
             continue
+        table = raw.setdefault(section, {})
+        if not isinstance(table, dict):
+            continue  # _build reports the section that is not a table
         try:
-            raw.setdefault(section, {})[key] = _from_env_text(text, keys[key])
+            table[key] = _from_env_text(text, keys[key])
         except ValueError as exc:
             problems.append(f"{section}.{key} (from {name}): {exc}")
 
@@ -247,7 +255,10 @@ def _build(raw: Mapping[str, Any], problems: list[str]) -> Config:
             try:
                 values[key] = _coerce(value, keys[key])
             except ValueError as exc:
-                problems.append(f"{section}.{key}: {exc}")
+                # the error text quotes the value, which a secret's must never be
+                secret = (section, key) in SECRETS
+                detail = f"must be {_type_name(keys[key])}" if secret else str(exc)
+                problems.append(f"{section}.{key}: {detail}")
         built[section] = sections[section](**values)
     return Config(**built)
 
@@ -267,9 +278,11 @@ def parse_server(text: str) -> tuple[str, int]:
     """Split a DNS server written "ip" or "ip:port" (IPv6 as "[ip]:port")."""
     host, port = text, 53
     if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"expected [ip] or [ip]:port, got {text!r}")
         if rest:
-            port = int(rest.removeprefix(":"))
+            port = int(rest[1:])
     elif text.count(":") == 1:
         host, _, port_text = text.partition(":")
         port = int(port_text)
@@ -374,7 +387,7 @@ def load_config(
                 raw = tomllib.load(fh)
         except OSError as exc:
             raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from exc
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError([f"{path}: not valid TOML ({exc})"]) from exc
     return config_from_mapping(raw, environ, require_feed=require_feed)
 
@@ -409,8 +422,16 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
+    return '"' + "".join(_toml_char(c) for c in str(value)) + '"'
+
+
+def _toml_char(char: str) -> str:
+    """A character as TOML allows it in a basic string (no raw controls or DEL)."""
+    if char in '"\\':
+        return "\\" + char
+    if (char < " " and char != "\t") or char == "\x7f":
+        return f"\\u{ord(char):04x}"
+    return char
 
 
 def is_loopback(host: str) -> bool:

@@ -27,6 +27,14 @@ class BrokerError(TradeGuardError):
     """The broker refused, failed or could not be reached for an order."""
 
 
+class NotifyError(TradeGuardError):
+    """A notification was not delivered; `permanent` when retrying cannot help."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
 class StoreError(TradeGuardError):
     """The SQLite store could not be opened or written."""
 

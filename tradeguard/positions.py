@@ -114,7 +114,7 @@ def distance_pct(price: float, level: float | None) -> float | None:
 
 
 def _number(body: Mapping[str, Any], key: str, *, optional: bool) -> float | None:
-    value = body.get(key)
+    value: Any = body.get(key)
     if value is None and optional:
         return None
     if not valid_price(value):

@@ -49,12 +49,12 @@ class Quote:
 
 def valid_price(price: object) -> bool:
     """A price TradeGuard will act on: a finite number above zero."""
-    return (
-        isinstance(price, int | float)
-        and not isinstance(price, bool)
-        and math.isfinite(price)
-        and price > 0
-    )
+    if not isinstance(price, int | float) or isinstance(price, bool):
+        return False
+    try:
+        return math.isfinite(price) and price > 0
+    except OverflowError:  # an int too large for a float (JSON integers are unbounded)
+        return False
 
 
 def classify(age: float, stale_after: float, unusable_after: float) -> Freshness:

@@ -118,6 +118,7 @@ class Store:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+            os.chmod(self.path, 0o600)  # an older, looser file is tightened too
             self._db = sqlite3.connect(
                 self.path, check_same_thread=False, isolation_level=None, timeout=10.0
             )
@@ -193,7 +194,13 @@ class Store:
                 row = db.execute("SELECT * FROM positions WHERE id = ?", (cur.lastrowid,))
                 return _position(row.fetchone())
         except StoreError as exc:
-            if isinstance(exc.__cause__, sqlite3.IntegrityError):
+            # Only the one-live-position index means "already open"; a failed
+            # CHECK or NOT NULL is a caller's bug and must not look like a 409.
+            cause = exc.__cause__
+            if (
+                isinstance(cause, sqlite3.IntegrityError)
+                and cause.sqlite_errorname == "SQLITE_CONSTRAINT_UNIQUE"
+            ):
                 raise PositionError(
                     f"{position.symbol}: a position is already open", 409
                 ) from exc

@@ -1,0 +1,190 @@
+"""MonitorActor: checks every position on every tick and on a sweep, and starts closes.
+
+Tick batches are checked tick by tick in arrival order, so one breaching tick
+in a burst fires. The sweep re-checks every position each `sweep_interval`
+with the best price the cache has (fresh, then stale with the seed's
+`[FALLBACK]` line, then blind: a critical alert, repeated, and with
+`blind_policy = "close"` a market close), retries `close_failed` positions,
+and is what still catches a breach while the feed is down.
+
+Closes run on a small pool of worker threads this actor owns, so a slow
+broker never stops the checking; `Closer` and the store make each close
+happen once whichever thread or incarnation gets there.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from actors.base import GuardActor
+from actors.messages import PositionsChanged, Subscribe, TickBatch, Timer, WorkerDone
+from tradeguard import alerts
+from tradeguard.errors import PositionError, TradeGuardError
+from tradeguard.positions import Position, State, trigger
+from tradeguard.prices import Freshness, Quote, Tick
+
+logger = logging.getLogger(__name__)
+
+BLIND_REPEAT = 60.0  # seconds between repeated blind alerts for one position
+FAILED_RETRY = 5.0  # seconds between sweep retries of a close_failed position
+CLOSE_WORKERS = 4
+
+
+class MonitorActor(GuardActor):
+    def setup(self) -> None:
+        self._positions: dict[str, Position] = {}
+        self._in_flight: set[str] = set()
+        self._stale_noted: set[str] = set()
+        self._blind_alerted: dict[str, float] = {}
+        self._failed_tried: dict[str, float] = {}
+        self._pool = ThreadPoolExecutor(CLOSE_WORKERS, thread_name_prefix="close")
+        self._reload()
+        for position in self._positions.values():
+            if position.state is State.CLOSING:
+                self._submit(position.symbol, "reconcile", None)
+        self.every("sweep", self.services.cfg.monitor.sweep_interval)
+
+    def teardown(self) -> None:
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            # In-flight closes finish (their outcome is in the store); nothing new starts.
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def handle(self, message: object) -> object:
+        if isinstance(message, TickBatch):
+            self._on_ticks(message)
+        elif isinstance(message, Timer):
+            self._sweep()
+        elif isinstance(message, PositionsChanged):
+            self._reload()
+        elif isinstance(message, WorkerDone):
+            self._on_close_done(message)
+        else:
+            return super().handle(message)
+        return None
+
+    # Ticks -------------------------------------------------------------------
+
+    def _on_ticks(self, batch: TickBatch) -> None:
+        positions = self._positions
+        for tick in batch.ticks:
+            position = positions.get(tick.symbol)
+            if position is None or position.state is not State.OPEN:
+                continue
+            reason = trigger(position, tick.price)
+            if reason is not None and tick.symbol not in self._in_flight:
+                logger.warning("[MONITOR] %s %s at %.4f crosses its %s", position.side.value,
+                               tick.symbol, tick.price, reason)
+                self._submit(tick.symbol, reason, tick)
+        self.services.metrics.tick_to_decision.observe(time.monotonic() - batch.received_mono)
+
+    # The sweep -------------------------------------------------------------
+
+    def _sweep(self) -> None:
+        now = time.time()
+        blind: set[str] = set()
+        stale: set[str] = set()
+        for symbol, position in list(self._positions.items()):
+            if symbol in self._in_flight or position.state is State.CLOSING:
+                continue
+            if position.state is State.CLOSE_FAILED:
+                self._retry_failed(position, now)
+                continue
+            quote = self.services.cache.quote(symbol, now)
+            if quote is None or not quote.usable:
+                blind.add(symbol)
+                self._on_blind(position, quote, now)
+                continue
+            self._blind_alerted.pop(symbol, None)
+            if quote.freshness is Freshness.STALE:
+                stale.add(symbol)
+                self._on_stale(position, quote)
+            else:
+                self._stale_noted.discard(symbol)
+            reason = trigger(position, quote.price)
+            if reason is not None:
+                logger.warning("[MONITOR] %s at cached %.4f (%.1fs old) crosses its %s",
+                               symbol, quote.price, quote.age, reason)
+                self._submit(symbol, reason, None)
+        self.services.monitor_status.update(blind, stale, now)
+
+    def _on_stale(self, position: Position, quote: Quote) -> None:
+        if position.symbol in self._stale_noted:
+            return
+        self._stale_noted.add(position.symbol)
+        currency = self.services.cfg.display.currency
+        logger.warning("[FALLBACK] Using stale price for %s: %s%s (%.0fs old)",
+                       position.symbol, currency, _num(quote.price), quote.age)
+        self.services.alerts.alert(alerts.price_stale(position.symbol, quote.price, quote.age,
+                                                      currency=currency))
+
+    def _on_blind(self, position: Position, quote: Quote | None, now: float) -> None:
+        last = self._blind_alerted.get(position.symbol)
+        policy = self.services.cfg.monitor.blind_policy
+        if last is None or now - last >= BLIND_REPEAT:
+            self._blind_alerted[position.symbol] = now
+            logger.critical("[MONITOR] %s is blind: no price younger than %.0fs",
+                            position.symbol, self.services.cfg.prices.cache_timeout)
+            self.services.alerts.alert(alerts.position_blind(
+                position.symbol, quote.price if quote else None, quote.age if quote else None,
+                policy, currency=self.services.cfg.display.currency))
+        if policy == "close":
+            self._submit(position.symbol, "blind", None)
+
+    def _retry_failed(self, position: Position, now: float) -> None:
+        if now - self._failed_tried.get(position.symbol, 0.0) < FAILED_RETRY:
+            return
+        self._failed_tried[position.symbol] = now
+        logger.warning("[MONITOR] retrying the failed close of %s", position.symbol)
+        self._submit(position.symbol, position.reason or "emergency", None)
+
+    # Closing ---------------------------------------------------------------
+
+    def _submit(self, symbol: str, reason: str, hint: Tick | None) -> None:
+        if symbol in self._in_flight or self.ctx.fenced:
+            return
+        self._in_flight.add(symbol)
+        closer = self.services.closer
+        position = self._positions.get(symbol)
+        if reason == "reconcile" and position is not None:
+            job: Future[Any] = self._pool.submit(closer.reconcile, position)
+        else:
+            job = self._pool.submit(closer.close, symbol, reason, hint)
+        ref = self.actor_ref
+
+        def done(future: Future[Any]) -> None:
+            if future.cancelled():
+                return
+            error = future.exception()
+            if not self.ctx.fenced:
+                ref.tell(WorkerDone("close", error=error, extra={"symbol": symbol}))
+
+        job.add_done_callback(done)
+
+    def _on_close_done(self, message: WorkerDone) -> None:
+        symbol = str(message.extra.get("symbol"))
+        self._in_flight.discard(symbol)
+        error = message.error
+        if isinstance(error, PositionError) and error.code in (404, 409):
+            logger.info("[MONITOR] %s: %s", symbol, error)
+        elif isinstance(error, TradeGuardError):
+            logger.error("[MONITOR] close of %s failed: %s", symbol, error)
+        elif error is not None:
+            logger.error("[MONITOR] close of %s raised %r", symbol, error)
+        self._reload()
+
+    def _reload(self) -> None:
+        live = self.services.store.live_positions()
+        self._positions = {p.symbol: p for p in live}
+        for gone in set(self._stale_noted) - set(self._positions):
+            self._stale_noted.discard(gone)
+        symbols = tuple(sorted(self._positions))
+        if symbols:
+            self.ctx.tell("FeedActor", Subscribe(symbols))
+
+
+def _num(price: float) -> str:
+    return f"{price:.2f}".rstrip("0").rstrip(".") if price != int(price) else f"{price:.0f}"

@@ -1,0 +1,75 @@
+"""`tradeguard run`: the service in the foreground, for systemd and supervisord.
+
+SIGTERM and SIGINT stop everything in reverse order and exit 0; the supervisor
+giving up exits 70 so the process manager restarts TradeGuard clean; SIGUSR1
+logs every thread's stack. Under systemd (NOTIFY_SOCKET), READY=1 is sent once
+the tree is up and WATCHDOG=1 only while every child answers its liveness ping.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from types import FrameType
+
+import pykka.debug
+
+from actors import sdnotify
+from actors.system import System
+from tradeguard.config import Config, is_loopback
+from tradeguard.errors import TradeGuardError
+from tradeguard.logs import setup_logging
+
+logger = logging.getLogger(__name__)
+
+EX_OK = 0
+EX_SOFTWARE = 70
+EX_CONFIG = 78
+
+
+def run_service(cfg: Config) -> int:
+    setup_logging()
+    if not is_loopback(cfg.api.host) and not cfg.api.token:
+        logger.error("api.host %s is not loopback: set api.token (or TRADEGUARD_API_TOKEN) "
+                     "before exposing the close endpoint", cfg.api.host)
+        return EX_CONFIG
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        logger.info("Received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGUSR1, pykka.debug.log_thread_tracebacks)
+
+    def on_liveness(ok: bool) -> None:
+        if ok:
+            sdnotify.notify("WATCHDOG=1")
+
+    try:
+        system = System(cfg, on_liveness=on_liveness)
+    except TradeGuardError as exc:
+        logger.error("Cannot start: %s", exc)
+        return EX_CONFIG
+    if system.token_generated:
+        print(f"API token (written to {cfg.store.path and 'the api-token file beside the store'}"
+              f"): {system.api_token}", file=sys.stderr, flush=True)
+    try:
+        system.start()
+        sdnotify.notify("READY=1")
+        logger.info("TradeGuard running; feed %s", cfg.feed.url)
+        while not stop.wait(0.5):
+            if system.supervisor.gave_up.is_set():
+                break
+    finally:
+        sdnotify.notify("STOPPING=1")
+        system.stop()
+    if system.supervisor.gave_up.is_set():
+        logger.critical("Supervisor gave up; exiting %d so the process manager restarts us",
+                        EX_SOFTWARE)
+        return EX_SOFTWARE
+    logger.info("Stopped cleanly")
+    return EX_OK

@@ -1,0 +1,419 @@
+"""A one-for-one supervisor over Pykka actors, in the manner of Erlang/OTP.
+
+Children start in order and stop in reverse. A child that dies (a failing
+handler, a failing `on_start`, or no answer to the liveness ping within
+`liveness_timeout`) is fenced and restarted after a backoff. More than
+`max_restarts` restarts of one child within `within_seconds` and the
+supervisor gives up: `gave_up` is set and `exit_code` becomes 70, and the
+service stops everything so that systemd or supervisord restart the process.
+
+The supervisor's own thread never blocks on a child: pings are sent as asks
+and their futures checked against deadlines on later turns of the loop.
+
+Other actors and the HTTP layer reach a child through its `ChildHandle`, a
+stable address that survives restarts. Messages sent with `tell_durable` are
+held by the handle until the child acknowledges them, and are delivered again
+to the next incarnation if the child dies first: at-least-once, so their
+handlers are idempotent. Plain `tell`s to a child that is down are dropped and
+counted (ticks: the next batch supersedes them).
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
+
+from actors.base import ChildContext
+from actors.messages import Durable, Fault, Ping
+from tradeguard.config import SupervisorConfig
+
+logger = logging.getLogger(__name__)
+
+EX_SOFTWARE = 70
+MAX_DELIVERIES = 3
+
+
+class Restart(enum.Enum):
+    PERMANENT = "permanent"  # always restarted
+    TRANSIENT = "transient"  # restarted only after an abnormal death
+    TEMPORARY = "temporary"  # never restarted
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    name: str
+    factory: Callable[[ChildContext], pykka.ActorRef[Any]]
+    restart: Restart = Restart.PERMANENT
+    shutdown_timeout: float = 5.0
+
+
+class ChildHandle:
+    """The stable address of a child, whatever its current incarnation."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._cond = threading.Condition()
+        self._ref: pykka.ActorRef[Any] | None = None
+        self._pending: dict[int, Durable] = {}
+        self._seq = 0
+        self.dropped = 0
+
+    @property
+    def up(self) -> bool:
+        ref = self._ref
+        return ref is not None and ref.is_alive()
+
+    def tell(self, message: object) -> bool:
+        """Deliver if the child is up; otherwise drop and count. Never blocks."""
+        ref = self._ref
+        if ref is not None:
+            try:
+                ref.tell(message)
+                return True
+            except pykka.ActorDeadError:
+                pass
+        with self._cond:
+            self.dropped += 1
+        return False
+
+    def tell_durable(self, message: object) -> None:
+        """Deliver now or to the next incarnation; kept until acknowledged."""
+        with self._cond:
+            self._seq += 1
+            envelope = Durable(self._seq, message, deliveries=1)
+            self._pending[envelope.seq] = envelope
+            if self._ref is not None:
+                try:
+                    self._ref.tell(envelope)
+                except pykka.ActorDeadError:
+                    pass
+
+    def ask(self, message: object, timeout: float) -> Any:
+        """Ask the current incarnation, waiting for one to be up within `timeout`.
+
+        Raises pykka.Timeout when no incarnation answered in time. Exceptions
+        raised by the handler are re-raised here (Pykka's ask rules).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            with self._cond:
+                while self._ref is None and remaining > 0:
+                    self._cond.wait(remaining)
+                    remaining = deadline - time.monotonic()
+                ref = self._ref
+            if ref is None or remaining <= 0:
+                raise pykka.Timeout(f"{self.name} did not answer within {timeout:.1f}s")
+            try:
+                return ref.ask(message, timeout=remaining)
+            except pykka.ActorDeadError:
+                with self._cond:
+                    if self._ref is ref:
+                        self._cond.wait(min(0.05, max(remaining, 0.0)))
+
+    def ack(self, seq: int) -> None:
+        with self._cond:
+            self._pending.pop(seq, None)
+
+    def pending_count(self) -> int:
+        with self._cond:
+            return len(self._pending)
+
+    def _attach(self, ref: pykka.ActorRef[Any]) -> None:
+        """A new incarnation is up: hand it what the last one left unacknowledged."""
+        with self._cond:
+            for seq in sorted(self._pending):
+                envelope = self._pending[seq]
+                if envelope.deliveries >= MAX_DELIVERIES:
+                    logger.error("%s: dropping %r after %d deliveries", self.name,
+                                 envelope.message, envelope.deliveries)
+                    del self._pending[seq]
+                    continue
+                envelope.deliveries += 1
+                ref.tell(envelope)
+            self._ref = ref
+            self._cond.notify_all()
+
+    def _detach(self) -> pykka.ActorRef[Any] | None:
+        with self._cond:
+            ref, self._ref = self._ref, None
+            return ref
+
+
+@dataclass
+class _Child:
+    spec: ChildSpec
+    handle: ChildHandle
+    incarnation: int = 0
+    ctx: ChildContext | None = None
+    restarts: int = 0
+    recent: collections.deque[float] = field(default_factory=collections.deque)
+    restart_at: float | None = None
+    ping: tuple[pykka.Future[Any], float, int] | None = None
+    last_reason: str = ""
+    down_since: float | None = None
+
+
+@dataclass(frozen=True)
+class _Death:
+    name: str
+    incarnation: int
+    reason: str
+
+
+class Supervisor:
+    """Starts, watches and restarts children; gives up past the restart intensity."""
+
+    def __init__(
+        self,
+        cfg: SupervisorConfig,
+        make_context: Callable[[str, int, Callable[[str, int, str], None],
+                                Callable[[int], None]], ChildContext],
+        *,
+        on_restart: Callable[[str, str, int], None] | None = None,
+        on_give_up: Callable[[str, int], None] | None = None,
+        on_liveness: Callable[[bool], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cfg = cfg
+        self._make_context = make_context
+        self._on_restart = on_restart or (lambda name, reason, n: None)
+        self._on_give_up = on_give_up or (lambda name, n: None)
+        self._on_liveness = on_liveness or (lambda ok: None)
+        self._clock = clock
+        self._children: dict[str, _Child] = {}
+        self._events: queue.Queue[_Death | None] = queue.Queue()
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._next_liveness = 0.0
+        self.gave_up = threading.Event()
+        self.exit_code = 0
+
+    # Building and running ------------------------------------------------
+
+    def add(self, spec: ChildSpec) -> ChildHandle:
+        if spec.name in self._children:
+            raise ValueError(f"duplicate child {spec.name}")
+        child = _Child(spec, ChildHandle(spec.name))
+        self._children[spec.name] = child
+        return child.handle
+
+    def handle(self, name: str) -> ChildHandle:
+        return self._children[name].handle
+
+    @property
+    def handles(self) -> dict[str, ChildHandle]:
+        return {name: child.handle for name, child in self._children.items()}
+
+    def start(self) -> None:
+        """Start every child in order, then the watching thread."""
+        for child in self._children.values():
+            self._start_child(child)
+        self._next_liveness = self._clock() + self.cfg.liveness_interval
+        self._thread = threading.Thread(target=self._loop, name="supervisor")
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the watching thread, then every child in reverse order."""
+        self._stopping.set()
+        self._events.put(None)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        for child in reversed(list(self._children.values())):
+            self._stop_child(child)
+
+    def inject_fault(self, name: str, kind: str) -> None:
+        """Make a child crash or hang while handling its next message."""
+        if kind not in {"crash", "hang"}:
+            raise ValueError(f"unknown fault kind {kind!r}")
+        self._children[name].handle.tell(Fault(kind))
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {
+                name: {
+                    "alive": child.handle.up and child.restart_at is None,
+                    "restarts": child.restarts,
+                    "incarnation": child.incarnation,
+                    "last_failure": child.last_reason or None,
+                    "dropped_messages": child.handle.dropped,
+                    "pending_messages": child.handle.pending_count(),
+                }
+                for name, child in self._children.items()
+            }
+
+    def all_up(self) -> bool:
+        return all(s["alive"] for s in self.status().values())
+
+    # The watching loop -----------------------------------------------------
+
+    def _report_death(self, name: str, incarnation: int, reason: str) -> None:
+        self._events.put(_Death(name, incarnation, reason))
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                event = self._events.get(timeout=self._wait_time())
+            except queue.Empty:
+                event = None
+            if self._stopping.is_set():
+                return
+            if event is not None:
+                self._on_death(event)
+            self._check_liveness()
+            self._check_restarts()
+            if self.gave_up.is_set():
+                return
+
+    def _wait_time(self) -> float:
+        now = self._clock()
+        deadlines = [self._next_liveness]
+        for child in self._children.values():
+            if child.restart_at is not None:
+                deadlines.append(child.restart_at)
+            if child.ping is not None:
+                deadlines.append(child.ping[1])
+        return max(0.0, min(min(deadlines) - now, 0.25))
+
+    def _on_death(self, death: _Death) -> None:
+        child = self._children.get(death.name)
+        if (child is None or death.incarnation != child.incarnation
+                or child.restart_at is not None):
+            return  # a stale report from an incarnation already replaced
+        self._mark_dead(child, death.reason)
+
+    def _check_liveness(self) -> None:
+        now = self._clock()
+        for child in self._children.values():
+            if child.restart_at is not None:
+                continue
+            if child.ping is not None:
+                future, deadline, incarnation = child.ping
+                if incarnation != child.incarnation:
+                    child.ping = None
+                elif _done(future):
+                    child.ping = None
+                elif now >= deadline:
+                    child.ping = None
+                    self._mark_dead(child, "no answer to liveness ping "
+                                           f"within {self.cfg.liveness_timeout:.1f}s")
+                    continue
+            ref = child.handle._ref
+            if ref is None or not ref.is_alive():
+                self._mark_dead(child, child.last_reason or "actor stopped")
+        if now >= self._next_liveness:
+            self._next_liveness = now + self.cfg.liveness_interval
+            self._on_liveness(all(c.restart_at is None and c.ping is None
+                                  for c in self._children.values()))
+            for child in self._children.values():
+                ref = child.handle._ref
+                if child.restart_at is None and child.ping is None and ref is not None:
+                    try:
+                        future = ref.ask(Ping(), block=False)
+                    except pykka.ActorDeadError:
+                        continue
+                    child.ping = (future, now + self.cfg.liveness_timeout, child.incarnation)
+
+    def _mark_dead(self, child: _Child, reason: str) -> None:
+        now = self._clock()
+        logger.error("Supervisor: %s (incarnation %d) died: %s",
+                     child.spec.name, child.incarnation, reason)
+        self._fence(child)
+        with self._lock:
+            child.last_reason = reason
+            child.down_since = now
+            if child.spec.restart is Restart.TEMPORARY:
+                child.restart_at = float("inf")
+                return
+            window = self.cfg.within_seconds
+            while child.recent and now - child.recent[0] > window:
+                child.recent.popleft()
+            child.recent.append(now)
+            if len(child.recent) > self.cfg.max_restarts:
+                self.exit_code = EX_SOFTWARE
+                child.restart_at = float("inf")
+        if self.exit_code == EX_SOFTWARE:
+            logger.critical("Supervisor: %s restarted more than %d times within %.0fs; giving up",
+                            child.spec.name, self.cfg.max_restarts, window)
+            self._on_give_up(child.spec.name, len(child.recent))
+            self.gave_up.set()
+            return
+        delay = min(self.cfg.restart_backoff_max,
+                    self.cfg.restart_backoff_min * 2 ** (len(child.recent) - 1))
+        child.restart_at = now + delay
+
+    def _check_restarts(self) -> None:
+        now = self._clock()
+        for child in self._children.values():
+            if child.restart_at is not None and now >= child.restart_at:
+                self._start_child(child)
+                with self._lock:
+                    child.restarts += 1
+                logger.warning("Supervisor: restarted %s (incarnation %d) after: %s",
+                               child.spec.name, child.incarnation, child.last_reason)
+                self._on_restart(child.spec.name, child.last_reason, child.restarts)
+
+    # Children ----------------------------------------------------------------
+
+    def _start_child(self, child: _Child) -> None:
+        with self._lock:
+            child.incarnation += 1
+            child.restart_at = None
+            child.ping = None
+            child.down_since = None
+        ctx = self._make_context(child.spec.name, child.incarnation, self._report_death,
+                                 child.handle.ack)
+        child.ctx = ctx
+        try:
+            ref = child.spec.factory(ctx)
+        except Exception as exc:
+            logger.exception("Supervisor: could not create %s", child.spec.name)
+            self._report_death(child.spec.name, child.incarnation, f"create failed: {exc!r}")
+            return
+        child.handle._attach(ref)
+
+    def _fence(self, child: _Child) -> None:
+        if child.ctx is not None:
+            child.ctx.stop_event.set()
+        ref = child.handle._detach()
+        if ref is not None:
+            try:
+                ref.stop(block=False)
+            except pykka.ActorDeadError:
+                pass
+
+    def _stop_child(self, child: _Child) -> None:
+        ref = child.handle._detach()
+        if child.ctx is not None:
+            child.ctx.stop_event.set()
+        if ref is None:
+            return
+        try:
+            stopped = ref.stop(block=True, timeout=child.spec.shutdown_timeout)
+        except pykka.Timeout:
+            stopped = False
+        except pykka.ActorDeadError:
+            stopped = True
+        if not stopped:
+            logger.error("Supervisor: %s did not stop within %.1fs",
+                         child.spec.name, child.spec.shutdown_timeout)
+
+
+def _done(future: pykka.Future[Any]) -> bool:
+    try:
+        future.get(timeout=0)
+    except pykka.Timeout:
+        return False
+    except Exception:  # noqa: BLE001 - a ping that raised still proves the thread runs
+        return True
+    return True

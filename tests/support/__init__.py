@@ -1,0 +1,1 @@
+"""Helpers that tests run or import; not tests themselves."""

@@ -1,0 +1,462 @@
+"""The feed WebSocket against real servers on loopback: pinning, TLS, batching, the simulator.
+
+SimExchange (websockets) plays the exchange. A hand-written one-connection
+server (`RawFeed`) sends what websockets never would: several frames in one
+TLS record, fragments, pings, text that is not UTF-8.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import hashlib
+import json
+import re
+import select
+import socket
+import ssl
+import struct
+import termios
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+import websocket
+
+from tradeguard.errors import FeedError
+from tradeguard.feed_connection import BINARY, PING, PONG, TEXT, open_feed, read_batch
+from tradeguard.feed_protocol import parse_frame, subscribe_frame
+from tradeguard.sim.exchange import SimExchange
+
+HOST = "feed.tradeguard.test"  # RFC 6761: the system resolver never knows it
+IP = "127.0.0.1"
+WAIT = 5.0
+
+
+def until(condition: Callable[[], bool], within: float = WAIT) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.005)
+
+
+# Fixtures -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def ca_file(ca: trustme.CA, tmp_path: Path) -> str:
+    path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
+def server_context(ca: trustme.CA, hostname: str) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(hostname).configure_cert(ctx)
+    return ctx
+
+
+@pytest.fixture
+def exchanges() -> Iterator[Callable[..., SimExchange]]:
+    started: list[SimExchange] = []
+
+    def start(ssl_context: ssl.SSLContext | None = None) -> SimExchange:
+        exchange = SimExchange(ssl_context=ssl_context).start()
+        started.append(exchange)
+        return exchange
+
+    yield start
+    for exchange in started:
+        exchange.stop()
+
+
+@pytest.fixture
+def connect() -> Iterator[Callable[..., websocket.WebSocket]]:
+    """open_feed, with every opened WebSocket shut at teardown."""
+    opened: list[websocket.WebSocket] = []
+
+    def open_(url: str, ca_file: str = "", timeout: float = WAIT) -> websocket.WebSocket:
+        ws = open_feed(url, IP, connect_timeout=WAIT, ca_file=ca_file)
+        ws.settimeout(timeout)
+        opened.append(ws)
+        return ws
+
+    yield open_
+    for ws in opened:
+        ws.shutdown()  # type: ignore[no-untyped-call]
+
+
+def read_until(ws: websocket.WebSocket, count: int) -> list[tuple[int, str | bytes]]:
+    frames: list[tuple[int, str | bytes]] = []
+    deadline = time.monotonic() + WAIT
+    while len(frames) < count:
+        assert time.monotonic() < deadline, f"only {len(frames)} of {count} frames arrived"
+        frames += read_batch(ws, 1000)
+    return frames
+
+
+# Connecting ---------------------------------------------------------------
+
+
+def test_ws_by_ip_carries_the_hostname_in_the_host_header(
+    exchanges: Callable[..., SimExchange], connect: Callable[..., websocket.WebSocket]
+) -> None:
+    exchange = exchanges()
+    ws = connect(exchange.url_for(HOST))
+    ws.send(subscribe_frame(["BOSCHLTD", "INFY"]))
+    assert exchange.wait_until(lambda: exchange.subscriptions == [["BOSCHLTD", "INFY"]], WAIT)
+    assert exchange.host_headers == [f"{HOST}:{exchange.port}"]
+    assert ws.sock is not None
+    assert ws.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+def test_wss_to_an_ip_verifies_the_hostname_with_the_extra_ca(
+    ca: trustme.CA,
+    ca_file: str,
+    exchanges: Callable[..., SimExchange],
+    connect: Callable[..., websocket.WebSocket],
+) -> None:
+    exchange = exchanges(server_context(ca, HOST))
+    ws = connect(exchange.url_for(HOST), ca_file=ca_file)
+    assert isinstance(ws.sock, ssl.SSLSocket)
+    assert ws.sock.server_hostname == HOST
+    assert exchange.wait_until(lambda: exchange.connected == 1, WAIT)
+    exchange.send_tick("BOSCHLTD", 575.0)
+    [(opcode, data)] = read_until(ws, 1)
+    assert opcode == TEXT
+    assert [t.symbol for t in parse_frame(data, time.time()).ticks] == ["BOSCHLTD"]
+    assert exchange.host_headers == [f"{HOST}:{exchange.port}"]
+
+
+def test_wss_with_a_certificate_for_another_host_is_refused(
+    ca: trustme.CA, ca_file: str, exchanges: Callable[..., SimExchange]
+) -> None:
+    exchange = exchanges(server_context(ca, "other.test"))
+    with pytest.raises(FeedError, match=f"certificate of {HOST}.*Hostname mismatch") as info:
+        open_feed(exchange.url_for(HOST), IP, connect_timeout=WAIT, ca_file=ca_file)
+    assert isinstance(info.value.__cause__, ssl.SSLCertVerificationError)
+    assert exchange.accepted == 0
+
+
+def test_wss_with_system_cas_only_refuses_a_private_ca(
+    ca: trustme.CA, exchanges: Callable[..., SimExchange]
+) -> None:
+    exchange = exchanges(server_context(ca, HOST))
+    with pytest.raises(FeedError, match=r"certificate of .*unable to get local issuer"):
+        open_feed(exchange.url_for(HOST), IP, connect_timeout=WAIT)
+    assert exchange.accepted == 0
+
+
+def test_a_missing_ca_file_is_a_feed_error(
+    ca: trustme.CA, tmp_path: Path, exchanges: Callable[..., SimExchange]
+) -> None:
+    exchange = exchanges(server_context(ca, HOST))
+    with pytest.raises(FeedError, match="cannot open"):
+        open_feed(exchange.url_for(HOST), IP, connect_timeout=WAIT, ca_file=str(tmp_path / "no"))
+
+
+@pytest.mark.parametrize("url", ["http://feed/ws", "ws:///ws", "ws://feed:notaport/ws", "feed"])
+def test_a_bad_url_is_a_feed_error(url: str) -> None:
+    with pytest.raises(FeedError, match="bad feed URL"):
+        open_feed(url, IP, connect_timeout=WAIT)
+
+
+def test_a_redirect_is_not_followed() -> None:
+    with socket.create_server((IP, 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def answer() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.1 302 Found\r\nLocation: ws://127.0.0.1:1/ws\r\n\r\n")
+
+        server = threading.Thread(target=answer)
+        server.start()
+        try:
+            with pytest.raises(FeedError, match="Redirect"):
+                open_feed(f"ws://{HOST}:{port}/ws", IP, connect_timeout=WAIT)
+        finally:
+            server.join()
+
+
+def test_a_stopped_exchange_refuses_and_a_restarted_one_accepts_on_the_same_port(
+    exchanges: Callable[..., SimExchange], connect: Callable[..., websocket.WebSocket]
+) -> None:
+    exchange = exchanges()
+    port = exchange.port
+    connect(exchange.url_for(HOST)).close(timeout=WAIT)
+    exchange.stop()
+    with pytest.raises(FeedError, match=r"cannot connect to .*refused"):
+        open_feed(exchange.url_for(HOST), IP, connect_timeout=WAIT)
+    exchange.restart()
+    assert exchange.port == port
+    connect(exchange.url_for(HOST))
+    assert exchange.wait_until(lambda: exchange.connected == 1, WAIT)
+    assert exchange.accepted == 2
+
+
+# Reading ------------------------------------------------------------------
+
+
+def unread_bytes(sock: socket.socket | None) -> int:
+    assert sock is not None
+    buf = bytearray(4)
+    fcntl.ioctl(sock.fileno(), termios.FIONREAD, buf)
+    return int(struct.unpack("i", buf)[0])
+
+
+def tcp_established_and_quiet(sock: socket.socket | None) -> bool:
+    """Linux: the TCP state is ESTABLISHED and no data, EOF or error is waiting."""
+    assert sock is not None
+    established = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == 1
+    poller = select.poll()
+    poller.register(sock, select.POLLIN | select.POLLRDHUP | select.POLLERR | select.POLLHUP)
+    return established and poller.poll(0) == []
+
+
+def test_a_burst_already_received_comes_back_in_one_call(
+    exchanges: Callable[..., SimExchange], connect: Callable[..., websocket.WebSocket]
+) -> None:
+    exchange = exchanges()
+    ws = connect(exchange.url_for(HOST))
+    assert exchange.wait_until(lambda: exchange.connected == 1, WAIT)
+    texts = [json.dumps({"symbol": f"S{i:03}", "price": 100.0 + i}) for i in range(100)]
+    for text in texts:
+        exchange.send_raw(text)
+    until(lambda: unread_bytes(ws.sock) == sum(2 + len(t) for t in texts))
+    frames = read_batch(ws, 1000)
+    assert frames == [(TEXT, t) for t in texts]
+    assert unread_bytes(ws.sock) == 0
+
+
+def test_max_frames_bounds_a_batch_and_the_rest_waits_for_the_next_call(
+    exchanges: Callable[..., SimExchange], connect: Callable[..., websocket.WebSocket]
+) -> None:
+    exchange = exchanges()
+    ws = connect(exchange.url_for(HOST))
+    assert exchange.wait_until(lambda: exchange.connected == 1, WAIT)
+    texts = [json.dumps({"symbol": f"S{i}", "price": 1.0 + i}) for i in range(10)]
+    for text in texts:
+        exchange.send_raw(text)
+    until(lambda: unread_bytes(ws.sock) == sum(2 + len(t) for t in texts))
+    assert read_batch(ws, 3) == [(TEXT, t) for t in texts[:3]]
+    assert read_batch(ws, 100) == [(TEXT, t) for t in texts[3:]]
+
+
+def test_a_binary_frame_is_reported_as_bytes_and_rejected_by_the_parser(
+    exchanges: Callable[..., SimExchange], connect: Callable[..., websocket.WebSocket]
+) -> None:
+    exchange = exchanges()
+    ws = connect(exchange.url_for(HOST))
+    assert exchange.wait_until(lambda: exchange.connected == 1, WAIT)
+    exchange.send_raw(b'{"symbol": "A", "price": 1.0}')
+    [(opcode, data)] = read_until(ws, 1)
+    assert opcode == BINARY
+    assert parse_frame(data, 0.0).rejects == ["binary"]
+
+
+def test_nothing_within_the_socket_timeout_is_an_empty_batch(
+    exchanges: Callable[..., SimExchange], connect: Callable[..., websocket.WebSocket]
+) -> None:
+    exchange = exchanges()
+    ws = connect(exchange.url_for(HOST), timeout=0.05)
+    assert read_batch(ws, 10) == []
+    exchange.send_tick("A", 1.0)
+    assert len(read_until(ws, 1)) == 1
+
+
+def test_ticks_before_a_close_are_returned_and_the_close_raises_next(
+    exchanges: Callable[..., SimExchange], connect: Callable[..., websocket.WebSocket]
+) -> None:
+    exchange = exchanges()
+    ws = connect(exchange.url_for(HOST))
+    assert exchange.wait_until(lambda: exchange.connected == 1, WAIT)
+    exchange.send_tick("A", 1.0)
+    stopper = threading.Thread(target=exchange.stop)  # it waits for our close reply
+    stopper.start()
+    frames: list[tuple[int, str | bytes]] = []
+    try:
+        with pytest.raises(FeedError, match="feed closed the connection: 1001"):
+            for _ in range(10):
+                frames += read_batch(ws, 100)
+    finally:
+        stopper.join()
+    assert [parse_frame(d, 0.0).ticks[0].symbol for _, d in frames] == ["A"]
+    with pytest.raises(FeedError, match="closed"):
+        read_batch(ws, 100)
+
+
+def test_half_open_keeps_tcp_up_but_answers_no_ping(
+    exchanges: Callable[..., SimExchange], connect: Callable[..., websocket.WebSocket]
+) -> None:
+    exchange = exchanges()
+    ws = connect(exchange.url_for(HOST), timeout=0.5)
+    assert exchange.wait_until(lambda: exchange.connected == 1, WAIT)
+    ws.ping(b"before")
+    assert read_until(ws, 1) == [(PONG, b"before")]  # the control: pings are answered
+
+    exchange.half_open(True)
+    ws.ping(b"during")
+    ws.send(subscribe_frame(["HELD"]))
+    assert exchange.send_tick("A", 1.0) == 0
+    assert read_batch(ws, 10) == []  # waited the 0.5 s socket timeout: no pong
+    assert exchange.connected == 1
+    assert tcp_established_and_quiet(ws.sock)
+    assert exchange.subscriptions == []
+
+    exchange.half_open(False)
+    assert read_until(ws, 1) == [(PONG, b"during")]
+    assert exchange.wait_until(lambda: exchange.subscriptions == [["HELD"]], WAIT)
+
+
+def test_random_walk_sends_every_symbol_each_interval_within_the_step(
+    exchanges: Callable[..., SimExchange], connect: Callable[..., websocket.WebSocket]
+) -> None:
+    exchange = exchanges()
+    ws = connect(exchange.url_for(HOST))
+    assert exchange.wait_until(lambda: exchange.connected == 1, WAIT)
+    exchange.start_walk({"A": 100.0, "B": 200.0}, interval=0.01, step_pct=1.0, seed=7)
+    frames = read_until(ws, 3)
+    exchange.stop_walk()
+    previous = {"A": 100.0, "B": 200.0}
+    for _, data in frames[:3]:
+        ticks = parse_frame(data, 0.0).ticks
+        assert [t.symbol for t in ticks] == ["A", "B"]
+        for tick in ticks:
+            assert abs(tick.price / previous[tick.symbol] - 1) <= 0.0101
+            assert tick.exchange_ts is not None
+            previous[tick.symbol] = tick.price
+
+
+# A hand-written server for frames websockets does not send -----------------
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def server_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    assert len(payload) < 126
+    return bytes([(0x80 if fin else 0) | opcode, len(payload)]) + payload
+
+
+class RawFeed:
+    """Accepts one WebSocket client (in a thread) and lets the test write raw bytes."""
+
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.listener = socket.create_server((IP, 0))
+        self.port = self.listener.getsockname()[1]
+        self._ssl = ssl_context
+        self.conn: socket.socket | None = None
+        self._thread = threading.Thread(target=self._accept)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        sock, _ = self.listener.accept()
+        sock.settimeout(WAIT)
+        if self._ssl is not None:
+            sock = self._ssl.wrap_socket(sock, server_side=True)
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += sock.recv(4096)
+        match = re.search(rb"Sec-WebSocket-Key: *(\S+)", request, re.IGNORECASE)
+        assert match is not None
+        accept = base64.b64encode(hashlib.sha1(match.group(1) + _GUID).digest())
+        sock.sendall(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+        )
+        self.conn = sock
+
+    def ready(self) -> socket.socket:
+        self._thread.join(WAIT)
+        assert self.conn is not None
+        return self.conn
+
+    def read_client_frame(self) -> tuple[int, bytes]:
+        conn = self.ready()
+        head = self._exactly(conn, 2)
+        length = head[1] & 0x7F
+        assert length < 126
+        mask = self._exactly(conn, 4)
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(self._exactly(conn, length)))
+        return head[0] & 0x0F, payload
+
+    @staticmethod
+    def _exactly(conn: socket.socket, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = conn.recv(n - len(data))
+            assert chunk, "client closed"
+            data += chunk
+        return data
+
+    def close(self) -> None:
+        self._thread.join(WAIT)
+        if self.conn is not None:
+            self.conn.close()
+        self.listener.close()
+
+
+@pytest.fixture
+def raw_feeds() -> Iterator[Callable[..., RawFeed]]:
+    started: list[RawFeed] = []
+
+    def start(ssl_context: ssl.SSLContext | None = None) -> RawFeed:
+        feed = RawFeed(ssl_context)
+        started.append(feed)
+        return feed
+
+    yield start
+    for feed in started:
+        feed.close()
+
+
+def test_frames_decrypted_together_with_an_earlier_one_are_not_stranded(
+    ca: trustme.CA,
+    ca_file: str,
+    raw_feeds: Callable[..., RawFeed],
+    connect: Callable[..., websocket.WebSocket],
+) -> None:
+    # Three frames in one TLS record: after the first, the others wait in the
+    # SSL object where poll() cannot see them. A read that only polls the
+    # socket would leave them there until more data came.
+    feed = raw_feeds(server_context(ca, HOST))
+    ws = connect(f"wss://{HOST}:{feed.port}/ws", ca_file=ca_file, timeout=0.2)
+    feed.ready().sendall(b"".join(server_frame(TEXT, b'{"n": %d}' % i) for i in range(3)))
+    assert read_batch(ws, 10) == [(TEXT, '{"n": 0}'), (TEXT, '{"n": 1}'), (TEXT, '{"n": 2}')]
+
+
+def test_a_ping_is_answered_and_reported_and_fragments_are_joined(
+    raw_feeds: Callable[..., RawFeed], connect: Callable[..., websocket.WebSocket]
+) -> None:
+    feed = raw_feeds()
+    ws = connect(f"ws://{HOST}:{feed.port}/ws")
+    feed.ready().sendall(
+        server_frame(TEXT, b'{"symbol": "A", ', fin=False)
+        + server_frame(PING, b"are you there")  # control frames may come between fragments
+        + server_frame(0x0, b'"price": 1.5}')
+    )
+    assert read_until(ws, 2) == [(PING, b"are you there"), (TEXT, '{"symbol": "A", "price": 1.5}')]
+    assert feed.read_client_frame() == (PONG, b"are you there")
+
+
+def test_text_that_is_not_utf8_fails_the_connection_after_the_frames_before_it(
+    raw_feeds: Callable[..., RawFeed], connect: Callable[..., websocket.WebSocket]
+) -> None:
+    feed = raw_feeds()
+    ws = connect(f"ws://{HOST}:{feed.port}/ws")
+    good = server_frame(TEXT, b'{"symbol": "A", "price": 1.5}')
+    feed.ready().sendall(good + server_frame(TEXT, b"\xff\xfe"))
+    until(lambda: unread_bytes(ws.sock) == len(good) + 4)
+    assert read_batch(ws, 10) == [(TEXT, '{"symbol": "A", "price": 1.5}')]
+    with pytest.raises(FeedError, match="not UTF-8"):
+        read_batch(ws, 10)
+    assert ws.sock is None  # shut down, not left half-read

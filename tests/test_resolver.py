@@ -1,0 +1,268 @@
+"""The resolver ladder against real DNS servers on loopback UDP."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tradeguard.errors import ResolverError
+from tradeguard.resolver import MAX_PENDING_SYSTEM, Resolution, Resolver
+from tradeguard.sim.dns_server import DnsServer
+from tradeguard.store import Store
+
+HOST = "feed.tradeguard.test"  # RFC 6761: the system resolver never knows it
+FEED_IP = "127.0.0.5"
+BAD_MODES = ["refuse", "servfail", "nxdomain", "silent", "wrong_name", "no_a", "garbage"]
+
+
+def until(condition: Callable[[], bool], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def system_fails(host: str) -> list[str]:
+    raise OSError(f"simulated failure for {host}")
+
+
+@pytest.fixture
+def dns_server() -> Iterator[Callable[[], DnsServer]]:
+    started: list[DnsServer] = []
+
+    def start() -> DnsServer:
+        server = DnsServer().start()
+        server.set_record(HOST, [FEED_IP])
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def release() -> Iterator[threading.Event]:
+    """Set at teardown, so every hung system lookup of a test ends."""
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+@pytest.fixture
+def hung(release: threading.Event) -> Callable[[str], list[str]]:
+    def lookup(host: str) -> list[str]:
+        release.wait()
+        raise OSError("released at teardown")
+
+    return lookup
+
+
+@pytest.fixture
+def resolver() -> Iterator[Callable[..., Resolver]]:
+    made: list[Resolver] = []
+
+    def make(servers: list[DnsServer], **options: object) -> Resolver:
+        settings: dict[str, object] = {"timeout": 2.0, "head_start": 0.2, "serve_stale": False}
+        settings.update(options)
+        made.append(Resolver([s.address for s in servers], **settings))
+        return made[-1]
+
+    yield make
+    for each in made:
+        each.close()
+
+
+def test_system_fails_then_fallback_answers(dns_server, resolver, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="tradeguard.resolver")
+    server = dns_server()
+    seen: list[tuple[str, str]] = []
+
+    result = resolver([server], observer=lambda via, res: seen.append((via, res))).resolve(HOST)
+
+    assert result == Resolution(HOST, (FEED_IP,), f"fallback:127.0.0.1:{server.port}")
+    assert seen == [("fallback", "ok")]
+    assert f"[DNS] Attempting to resolve {HOST}..." in caplog.messages
+    assert any(m.startswith("[DNS] System DNS failed: ") for m in caplog.messages)
+    assert f"[DNS] Resolved {HOST} -> {FEED_IP} (via {result.via})" in caplog.messages
+
+
+def test_hung_system_loses_to_fallback_after_head_start(dns_server, resolver, hung, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="tradeguard.resolver")
+    server = dns_server()
+    started = time.monotonic()
+
+    result = resolver([server], timeout=2.0, system=hung).resolve(HOST)
+
+    assert time.monotonic() - started < 2.0
+    assert result.via == f"fallback:{server.address}"
+    assert server.queries == 1
+    assert any(m.startswith("[DNS] System DNS failed: no answer after") for m in caplog.messages)
+
+
+def test_system_answer_means_no_fallback_query(dns_server, resolver, tmp_path: Path) -> None:
+    server = dns_server()
+    store = Store(tmp_path / "t.db")
+    seen: list[tuple[str, str]] = []
+    make = resolver([server], memory=store, observer=lambda *a: seen.append(a),
+                    system=lambda host: ["127.0.0.9"])
+
+    result = make.resolve(HOST)
+
+    assert result == Resolution(HOST, ("127.0.0.9",), "system")
+    assert server.queries == 0
+    assert seen == [("system", "ok")]
+    assert store.load_addresses(HOST) == ["127.0.0.9"]
+
+
+def test_system_still_wins_if_it_answers_first_after_head_start(dns_server, resolver) -> None:
+    server = dns_server()
+    server.mode = "silent"
+
+    def late_system(host: str) -> list[str]:
+        until(lambda: server.queries == 1)  # the head start is over: the race is on
+        return ["127.0.0.9"]
+
+    result = resolver([server], head_start=0.05, system=late_system).resolve(HOST)
+
+    assert result.via == "system"
+
+
+@pytest.mark.parametrize("mode", BAD_MODES)
+def test_bad_answer_moves_on_to_the_next_server(dns_server, resolver, mode) -> None:
+    bad, good = dns_server(), dns_server()
+    bad.mode = mode
+    with pytest.raises(ResolverError, match="cannot resolve"):
+        resolver([bad], timeout=0.5, system=system_fails).resolve(HOST)
+
+    result = resolver([bad, good], system=system_fails).resolve(HOST)
+
+    assert result == Resolution(HOST, (FEED_IP,), f"fallback:{good.address}")
+    until(lambda: bad.queries == 2)  # asked at the same time, so maybe not first
+
+
+def test_first_good_answer_wins_when_a_server_is_slow(dns_server, resolver) -> None:
+    slow, fast = dns_server(), dns_server()
+    slow.delay = 2.0
+    slow.set_record(HOST, ["127.0.0.7"])
+    started = time.monotonic()
+
+    result = resolver([slow, fast], timeout=3.0, system=system_fails).resolve(HOST)
+
+    assert result == Resolution(HOST, (FEED_IP,), f"fallback:{fast.address}")
+    assert time.monotonic() - started < 2.0
+    until(lambda: slow.queries == 1)
+
+
+def test_all_fail_serves_stale_from_the_store(dns_server, resolver, tmp_path: Path) -> None:
+    server = dns_server()
+    path = tmp_path / "t.db"
+    with_store = Store(path)
+    assert resolver([server], memory=with_store, system=system_fails).resolve(HOST).via.startswith(
+        "fallback:"
+    )
+    with_store.close()
+    server.mode = "servfail"
+    seen: list[tuple[str, str]] = []
+
+    reopened = Store(path)  # the memory survives a restart
+    result = resolver(
+        [server], memory=reopened, serve_stale=True, system=system_fails,
+        observer=lambda *a: seen.append(a),
+    ).resolve(HOST)
+
+    assert result == Resolution(HOST, (FEED_IP,), "stale")
+    assert seen == [("stale", "ok")]
+    reopened.close()
+
+
+def test_all_fail_without_serve_stale_raises(dns_server, resolver, tmp_path: Path) -> None:
+    server = dns_server()
+    server.mode = "refuse"
+    store = Store(tmp_path / "t.db")
+    store.save_addresses(HOST, [FEED_IP])
+    seen: list[tuple[str, str]] = []
+    make = resolver([server], memory=store, serve_stale=False, system=system_fails,
+                    observer=lambda *a: seen.append(a))
+
+    with pytest.raises(ResolverError, match="REFUSED"):
+        make.resolve(HOST)
+    assert seen == [("fallback", "error")]
+
+
+def test_stale_with_nothing_remembered_raises(dns_server, resolver, tmp_path: Path) -> None:
+    server = dns_server()
+    server.mode = "nxdomain"
+    make = resolver([server], memory=Store(tmp_path / "t.db"), serve_stale=True,
+                    system=system_fails)
+
+    with pytest.raises(ResolverError, match="no last known address"):
+        make.resolve(HOST)
+
+
+@pytest.mark.parametrize("literal", ["203.0.113.7", "::1"])
+def test_ip_literal_needs_no_lookup(dns_server, resolver, literal) -> None:
+    server = dns_server()
+    seen: list[tuple[str, str]] = []
+
+    result = resolver([server], system=system_fails, observer=lambda *a: seen.append(a)).resolve(
+        literal
+    )
+
+    assert result == Resolution(literal, (literal,), "literal")
+    assert server.queries == 0
+    assert seen == [("literal", "ok")]
+
+
+def test_check_server_good_and_bad(dns_server, resolver) -> None:
+    good, refusing, silent = dns_server(), dns_server(), dns_server()
+    refusing.mode = "refuse"
+    silent.mode = "silent"
+    make = resolver([], timeout=0.3)
+
+    ok, latency, error = make.check_server(good.address, HOST)
+    assert (ok, error) == (True, None)
+    assert latency is not None and latency >= 0
+    assert make.check_server(refusing.address, HOST) == (
+        False, None, f"{refusing.address} answered REFUSED"
+    )
+    assert make.check_server(silent.address, HOST)[:2] == (False, None)
+
+
+def test_check_system(resolver, hung) -> None:
+    assert resolver([], system=lambda host: ["127.0.0.9"]).check_system(HOST)[0] is True
+    assert resolver([], system=system_fails).check_system(HOST) == (
+        False, None, f"simulated failure for {HOST}"
+    )
+    assert resolver([], timeout=0.1, system=hung).check_system(HOST) == (
+        False, None, "no answer after 0.1s"
+    )
+
+
+def test_hung_system_lookups_do_not_pile_up(dns_server, resolver, release, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="tradeguard.resolver")
+    server = dns_server()
+    hanging: list[threading.Thread] = []
+
+    def hangs(host: str) -> list[str]:
+        hanging.append(threading.current_thread())
+        release.wait()
+        raise OSError("released")
+
+    make = resolver([server], head_start=0.0, system=hangs)
+    threads_before = threading.active_count()
+    for _ in range(3 * MAX_PENDING_SYSTEM):
+        assert make.resolve(HOST).via.startswith("fallback:")
+
+    assert len(hanging) == MAX_PENDING_SYSTEM
+    assert threading.active_count() - threads_before <= MAX_PENDING_SYSTEM + 4  # + query pool
+    assert any("still hanging" in m for m in caplog.messages)
+    release.set()  # once the hung lookups end, the system resolver is asked again
+    until(lambda: not any(t.is_alive() for t in hanging))
+    make.resolve(HOST)
+    assert len(hanging) == MAX_PENDING_SYSTEM + 1

@@ -1,0 +1,250 @@
+"""What TradeGuard tells the operator, and the sink that queues it durably.
+
+Every text is written to be read on a phone: the first line is a headline
+that stands alone (digests of a flood list only headlines), then what
+happened with the numbers that matter, what TradeGuard did, and what the
+operator can do. Texts are plain (no markup), so Telegram shows them as is.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from tradeguard.store import Store
+
+logger = logging.getLogger(__name__)
+
+MAX_ERROR_CHARS = 200
+CLOSE_BY_HAND = "You can: close it by hand (POST /api/v1/monitoring/emergency-close-position)."
+
+
+class Severity(enum.Enum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+_LOG_LEVELS = {
+    Severity.INFO: logging.INFO,
+    Severity.WARNING: logging.WARNING,
+    Severity.CRITICAL: logging.CRITICAL,
+}
+
+
+@dataclass(frozen=True)
+class Alert:
+    kind: str
+    severity: Severity
+    text: str
+
+
+def headline(text: str) -> str:
+    """The first line of an alert text: what a digest shows of it."""
+    return text.split("\n", 1)[0]
+
+
+def _alert(kind: str, severity: Severity, *lines: str) -> Alert:
+    text = "\n".join(line for line in lines if line)
+    if severity is Severity.CRITICAL:
+        text = "CRITICAL: " + text
+    return Alert(kind, severity, text)
+
+
+def duration(seconds: float) -> str:
+    """A short human duration: 0.4s, 45s, 6m 12s, 2h 05m."""
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m {whole % 60:02d}s"
+    return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
+
+
+def money(value: float, currency: str, *, signed: bool = False) -> str:
+    sign = "-" if value < 0 else ("+" if signed else "")
+    return f"{sign}{currency}{abs(value):,.2f}"
+
+
+def _error(error: str) -> str:
+    # Library errors can be long (a whole HTML page); a phone needs the gist.
+    one_line = " ".join(error.split())
+    if len(one_line) <= MAX_ERROR_CHARS:
+        return one_line
+    return one_line[: MAX_ERROR_CHARS - 3] + "..."
+
+
+# The catalogue -------------------------------------------------------------
+
+
+def feed_lost(host: str, error: str) -> Alert:
+    return _alert(
+        "feed_lost", Severity.WARNING,
+        f"Price feed lost: {host}",
+        f"Error: {_error(error)}",
+        "TradeGuard is reconnecting; stops are checked on cached prices meanwhile.",
+        "You can: watch connection-health; you are alerted if a position goes blind.",
+    )
+
+
+def feed_restored(host: str, ip: str, via: str, down_seconds: float) -> Alert:
+    return _alert(
+        "feed_restored", Severity.INFO,
+        f"Price feed restored: {host}",
+        f"Connected to {ip} (resolved via {via}) after {duration(down_seconds)} down.",
+        "Live prices again; nothing to do.",
+    )
+
+
+def dns_down(error: str) -> Alert:
+    return _alert(
+        "dns_down", Severity.WARNING,
+        "System DNS down",
+        f"Error: {_error(error)}",
+        "TradeGuard resolves through its fallback DNS servers and remembered addresses.",
+        "You can: check this host's resolver (resolv.conf, systemd-resolved).",
+    )
+
+
+def dns_back(down_seconds: float) -> Alert:
+    return _alert(
+        "dns_back", Severity.INFO,
+        "System DNS back",
+        f"It was down for {duration(down_seconds)}. Nothing to do.",
+    )
+
+
+def price_stale(symbol: str, price: float, age: float, currency: str = "₹") -> Alert:
+    return _alert(
+        "price_stale", Severity.WARNING,
+        f"{symbol}: price stale",
+        f"Last price {money(price, currency)}, {duration(age)} old.",
+        "Stops are still checked on it; if it gets too old the position is blind"
+        " and you get a critical alert.",
+    )
+
+
+def position_blind(
+    symbol: str,
+    last_price: float | None,
+    age: float | None,
+    policy: str,
+    currency: str = "₹",
+) -> Alert:
+    if last_price is None or age is None:
+        seen = "No price received for it at all."
+    else:
+        seen = f"Last price {money(last_price, currency)}, {duration(age)} old: too old to use."
+    if policy == "close":
+        action = "TradeGuard is closing it at market (blind_policy = close)."
+        advice = "You can: check the close at your broker."
+    else:
+        action = "TradeGuard cannot check its stop-loss or take-profit."
+        advice = CLOSE_BY_HAND
+    return _alert(
+        "position_blind", Severity.CRITICAL,
+        f"{symbol}: position BLIND, no usable price", seen, action, advice,
+    )
+
+
+def position_closed(
+    symbol: str,
+    side: str,
+    quantity: float,
+    *,
+    reason: str,
+    exit_price: float,
+    pnl: float,
+    price_age: float | None,
+    currency: str = "₹",
+) -> Alert:
+    # A warning, not info: money moved, and the operator should look.
+    # price_age is None when the broker's fill was not priced from TradeGuard's cache.
+    age = "" if price_age is None else f" (price {duration(price_age)} old)"
+    return _alert(
+        "position_closed", Severity.WARNING,
+        f"{symbol}: position closed ({reason.replace('_', '-')})",
+        f"{side.capitalize()} {quantity:g} closed at {money(exit_price, currency)}{age}.",
+        f"P&L {money(pnl, currency, signed=True)}. Nothing to do.",
+    )
+
+
+def close_failed(symbol: str, attempts: int, error: str) -> Alert:
+    return _alert(
+        "close_failed", Severity.CRITICAL,
+        f"{symbol}: close FAILED after {attempts} attempts",
+        f"Error: {_error(error)}",
+        "The position is still open; TradeGuard keeps retrying on every sweep.",
+        "You can: close it at your broker now.",
+    )
+
+
+def actor_restarted(actor: str, reason: str, restarts: int) -> Alert:
+    return _alert(
+        "actor_restarted", Severity.WARNING,
+        f"{actor} restarted",
+        f"Why: {_error(reason)} (restart {restarts}).",
+        "Prices, positions and queued alerts were kept. Nothing to do unless it repeats.",
+    )
+
+
+def supervisor_gave_up(actor: str, restarts: int, window: float) -> Alert:
+    return _alert(
+        "supervisor_gave_up", Severity.CRITICAL,
+        "TradeGuard STOPPED: positions are not watched",
+        f"{actor} failed {restarts} times within {duration(window)}; the supervisor gave up.",
+        "The service manager should start it again.",
+        "You can: check the logs, and watch open positions at your broker until it is back.",
+    )
+
+
+# Sinks ----------------------------------------------------------------------
+
+
+class AlertSink(Protocol):
+    def alert(self, alert: Alert) -> None: ...
+
+
+def _noop() -> None:
+    """No one to wake: the notifier finds the alert on its next look at the outbox."""
+
+
+class OutboxAlerts:
+    """Logs every alert, then queues it in the store's outbox for Telegram.
+
+    The outbox row is written before `on_enqueued` wakes the notifier, so an
+    alert survives a notifier crash or a process restart between the two.
+    Never raises: raising an alert must not break whatever raised it.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        on_enqueued: Callable[[], None] = _noop,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._on_enqueued = on_enqueued
+        self._clock = clock
+
+    def alert(self, alert: Alert) -> None:
+        one_line = alert.text.replace("\n", " | ")
+        logger.log(_LOG_LEVELS[alert.severity], "[ALERT] %s", one_line)
+        try:
+            self._store.enqueue_alert(
+                alert.kind, alert.severity.value, alert.text, self._clock()
+            )
+        except Exception:
+            logger.exception("[ALERT] not queued for Telegram, only logged: %s", one_line)
+            return
+        try:
+            self._on_enqueued()
+        except Exception:
+            # The row is safe in the outbox; the notifier's own timer will find it.
+            logger.exception("[ALERT] could not wake the notifier")

@@ -1,0 +1,134 @@
+"""The feed's wire format "json" (SPEC §5): the subscribe frame and tick parsing.
+
+A text frame is one tick object, a JSON array of tick objects, or
+`{"type": "heartbeat"}`. Parsing never raises: whatever is wrong with a frame,
+or with one element of an array, becomes a reason code in `rejects`, and the
+good elements of the same frame are kept. A binary frame arrives as `bytes`
+and is rejected whole.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tradeguard.prices import Tick
+
+# A 50-tick frame is about 3 KB; a megabyte is not a price update.
+MAX_FRAME_CHARS = 1 << 20
+MAX_SYMBOL_CHARS = 64
+
+_HEARTBEAT = "heartbeat"
+
+
+@dataclass(slots=True)
+class ParsedFrame:
+    """What one frame held: good ticks, one reason code per bad part, a heartbeat flag."""
+
+    ticks: list[Tick] = field(default_factory=list)
+    rejects: list[str] = field(default_factory=list)
+    heartbeat: bool = False
+
+
+def subscribe_frame(symbols: Iterable[str]) -> str:
+    """The text frame that subscribes to `symbols`."""
+    return json.dumps({"action": "subscribe", "symbols": list(symbols)})
+
+
+def _make_loads() -> Callable[[str], Any]:
+    """orjson when installed (about 6x faster on a one-tick frame), else the standard library.
+
+    orjson refuses NaN, Infinity and numbers that overflow a double, which
+    would reject a whole array for one bad price; the standard library reads
+    them, so a frame orjson refuses gets a second chance there and the bad
+    tick is rejected on its own.
+    """
+    try:
+        import orjson  # noqa: PLC0415 - optional speed-up
+    except ImportError:  # pragma: no cover - orjson is optional
+        return json.loads
+
+    def loads(text: str) -> Any:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return json.loads(text)
+
+    return loads
+
+
+_loads = _make_loads()
+
+
+def parse_frame(data: str | bytes, received_at: float) -> ParsedFrame:
+    """Parse one frame; `received_at` (time.time()) stamps every tick in it."""
+    parsed = ParsedFrame()
+    if isinstance(data, bytes):
+        parsed.rejects.append("binary")
+        return parsed
+    if len(data) > MAX_FRAME_CHARS:
+        parsed.rejects.append("too_large")
+        return parsed
+    try:
+        document = _loads(data)
+    except (ValueError, RecursionError):
+        parsed.rejects.append("bad_json")
+        return parsed
+    for element in document if type(document) is list else (document,):
+        _add_element(parsed, element, received_at)
+    return parsed
+
+
+def _add_element(parsed: ParsedFrame, element: object, received_at: float) -> None:
+    if type(element) is not dict:
+        parsed.rejects.append("not_object")
+        return
+    if "type" in element:
+        if element["type"] == _HEARTBEAT:
+            parsed.heartbeat = True
+        else:
+            parsed.rejects.append("unknown_type")
+        return
+    tick = _tick(element, received_at)
+    if isinstance(tick, str):
+        parsed.rejects.append(tick)
+    else:
+        parsed.ticks.append(tick)
+
+
+def _tick(obj: dict[str, Any], received_at: float) -> Tick | str:
+    """A Tick, or the reason code that rejects `obj`."""
+    symbol = obj.get("symbol")
+    if symbol is None:
+        return "missing_symbol"
+    if (
+        type(symbol) is not str
+        or not 0 < len(symbol) <= MAX_SYMBOL_CHARS
+        or not symbol.isprintable()  # also refuses lone surrogates
+    ):
+        return "bad_symbol"
+    price = _number(obj.get("price"))
+    if isinstance(price, str):
+        return price
+    if price <= 0:
+        return "non_positive_price"
+    raw_ts = obj.get("ts")
+    ts = None if raw_ts is None else _number(raw_ts)
+    if isinstance(ts, str) or (ts is not None and ts <= 0):
+        return "bad_ts"
+    return Tick(symbol, price, received_at, ts)
+
+
+def _number(value: object) -> float | str:
+    """A finite float, or "bad_price" / "non_finite_price"."""
+    if type(value) is float:
+        return value if math.isfinite(value) else "non_finite_price"
+    if type(value) is int:
+        try:
+            return float(value)
+        except OverflowError:  # the standard library reads 1e400-sized integers exactly
+            return "non_finite_price"
+    return "bad_price"

@@ -1,0 +1,1 @@
+"""Simulated network parts on loopback: for tests and the demo."""

@@ -1,0 +1,326 @@
+"""A real HTTP broker on loopback that speaks SPEC §7, with faults switchable at run time.
+
+Stands in for a user's trading backend in tests, the demo and chaos runs.
+Orders are idempotent by client order id. The faults are those a real broker
+shows: errors (`fail_next`), no answer (`hang`), gone (`down`/`up`) and a
+slow answer (`slow`). A slow answer records the order *before* waiting, so a
+client killed mid-request leaves an order at the broker that it must find by
+reconciliation rather than place twice.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import ssl
+import threading
+from collections.abc import Callable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+from urllib.parse import unquote
+
+from tradeguard.prices import valid_price
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PRICE = 100.0
+ORDER_FIELDS = ("client_order_id", "symbol", "side", "quantity", "type", "reason")
+MAX_BODY = 1 << 20
+
+
+class _Server(ThreadingHTTPServer):
+    def __init__(self, port: int, sim: BrokerServer, tls: ssl.SSLContext | None) -> None:
+        self.sim = sim
+        self.tls = tls
+        self._in_flight: list[threading.Thread] = []
+        super().__init__(("127.0.0.1", port), _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # Daemon threads, so a request left hanging cannot hold the interpreter
+        # at exit; tracked, so that server_close() waits for those in flight.
+        thread = threading.Thread(
+            target=self.process_request_thread, args=(request, client_address), daemon=True
+        )
+        self._in_flight = [t for t in self._in_flight if t.is_alive()]
+        self._in_flight.append(thread)
+        thread.start()
+
+    def server_close(self) -> None:
+        super().server_close()
+        for thread in self._in_flight:
+            thread.join()
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        # The TLS handshake runs here, in the request's own thread, so a
+        # client that never completes it cannot stall the accept loop.
+        request.settimeout(_Handler.timeout)
+        try:
+            conn = self.tls.wrap_socket(request, server_side=True)
+        except OSError:
+            logger.debug("Broker sim: TLS handshake with %s failed", client_address)
+            return
+        with conn:
+            super().finish_request(conn, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        logger.debug("Broker sim: connection from %s failed", client_address, exc_info=True)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    timeout = 5.0  # a silent client cannot hold a thread (and stop()) for long
+    server: _Server
+
+    def do_GET(self) -> None:
+        self._serve(b"")
+
+    def do_POST(self) -> None:
+        length = min(int(self.headers.get("Content-Length") or 0), MAX_BODY)
+        self._serve(self.rfile.read(length))
+
+    def _serve(self, body: bytes) -> None:
+        status, text = self.server.sim.answer(
+            self.command,
+            self.path,
+            body,
+            host=self.headers.get("Host", ""),
+            authorization=self.headers.get("Authorization", ""),
+        )
+        data = text.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("Broker sim: " + format, *args)
+
+
+class BrokerServer:
+    """The broker on 127.0.0.1, an ephemeral port kept across `down()`/`up()`.
+
+    `price_for` gives the fill price of a symbol: a function, a dict (missing
+    symbols fill at 100.0), or None for 100.0 everywhere. `orders` maps each
+    client order id to the order as recorded; `requests` counts every request
+    and `hosts` keeps each one's Host header.
+    """
+
+    def __init__(
+        self,
+        token: str,
+        *,
+        price_for: Callable[[str], float] | Mapping[str, float] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.token = token
+        self._price_for = _price_function(price_for)
+        self._tls = ssl_context
+        self._lock = threading.Lock()
+        self.orders: dict[str, dict[str, Any]] = {}
+        self.requests = 0
+        self.hosts: list[str] = []
+        self._failures = 0
+        self._failure: tuple[int, str] = (500, "")
+        self._hang: float | bool = False
+        self._slow = 0.0
+        self._release = threading.Event()
+        self._port = 0
+        self._live: tuple[_Server, threading.Thread] | None = None
+        self._retired: list[_Server] = []
+
+    # Life cycle -----------------------------------------------------------
+
+    def start(self) -> BrokerServer:
+        self.up()
+        return self
+
+    def stop(self) -> None:
+        """Release hung requests, stop listening, and wait for every request thread."""
+        with self._lock:
+            self._hang, self._slow = False, 0.0
+            self._release.set()
+        if self._live is not None:
+            self.down()
+        for server in self._retired:
+            server.server_close()
+        self._retired.clear()
+
+    def __enter__(self) -> BrokerServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self._tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self._port}"
+
+    @property
+    def order_count(self) -> int:
+        with self._lock:
+            return len(self.orders)
+
+    # Faults ---------------------------------------------------------------
+
+    def fail_next(self, n: int, status: int = 500, body: str | None = None) -> None:
+        """Answer the next `n` requests with `status` and `body` (raw text) instead."""
+        text = body if body is not None else json.dumps({"error": f"simulated {status}"})
+        with self._lock:
+            self._failures, self._failure = n, (status, text)
+
+    def hang(self, seconds: float | bool = True) -> None:
+        """Hold every request unanswered: True until `hang(False)` or stop, else `seconds`."""
+        with self._lock:
+            self._hang = seconds
+            if not seconds:
+                self._release_waiting()
+
+    def slow(self, seconds: float) -> None:
+        """Record each order first, then wait `seconds` before answering (0 to stop)."""
+        with self._lock:
+            self._slow = seconds
+            if not seconds:
+                self._release_waiting()
+
+    def down(self) -> None:
+        """Stop listening: new connections are refused. Requests in flight carry on."""
+        if self._live is None:
+            return
+        server, thread = self._live
+        self._live = None
+        server.shutdown()
+        thread.join()
+        server.socket.close()
+        self._retired.append(server)
+
+    def up(self) -> None:
+        """Listen again, on the same port as before."""
+        if self._live is not None:
+            return
+        server = _Server(self._port, self, self._tls)
+        self._port = server.server_address[1]
+        thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"broker-sim-{self._port}",
+            daemon=True,
+        )
+        thread.start()
+        self._live = (server, thread)
+
+    def _release_waiting(self) -> None:
+        """Wake every held request; callers hold the lock."""
+        self._release.set()
+        self._release = threading.Event()
+
+    # Requests -------------------------------------------------------------
+
+    def answer(
+        self, method: str, path: str, body: bytes, *, host: str, authorization: str
+    ) -> tuple[int, str]:
+        """(status, body text) for one request, faults applied."""
+        with self._lock:
+            self.requests += 1
+            self.hosts.append(host)
+            hang, release = self._hang, self._release
+        if hang is True:
+            release.wait()
+        elif hang:
+            release.wait(hang)
+        with self._lock:
+            if self._failures > 0:
+                self._failures -= 1
+                return self._failure
+        if self._authorized(authorization):
+            status, payload = self._route(method, path.split("?", 1)[0], body)
+        else:
+            status, payload = 401, _error("missing or wrong bearer token")
+        with self._lock:
+            slow, release = self._slow, self._release
+        if slow:
+            release.wait(slow)
+        return status, json.dumps(payload)
+
+    def _authorized(self, header: str) -> bool:
+        return hmac.compare_digest(header.encode(), f"Bearer {self.token}".encode())
+
+    def _route(self, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        if method == "POST" and path == "/orders":
+            return self._place(body)
+        if method == "GET" and path.startswith("/orders/"):
+            with self._lock:
+                order = self.orders.get(unquote(path.removeprefix("/orders/")))
+            return (200, _fill(order)) if order is not None else (404, _error("unknown order"))
+        return 404, _error(f"no route {method} {path}")
+
+    def _place(self, body: bytes) -> tuple[int, dict[str, Any]]:
+        try:
+            request = json.loads(body)
+        except ValueError:
+            return 400, _error("body is not JSON")
+        problem = _order_problem(request)
+        if problem:
+            return 400, _error(problem)
+        with self._lock:
+            order = self.orders.get(request["client_order_id"])
+            if order is None:
+                order = {key: request[key] for key in ORDER_FIELDS}
+                order.update(
+                    order_id=f"sim-{len(self.orders) + 1}",
+                    status="filled",
+                    fill_price=self._price_for(request["symbol"]),
+                )
+                self.orders[request["client_order_id"]] = order
+        return 200, _fill(order)
+
+
+def _price_function(
+    price_for: Callable[[str], float] | Mapping[str, float] | None,
+) -> Callable[[str], float]:
+    if price_for is None:
+        return lambda _symbol: DEFAULT_PRICE
+    if isinstance(price_for, Mapping):
+        prices = dict(price_for)
+        return lambda symbol: prices.get(symbol, DEFAULT_PRICE)
+    return price_for
+
+
+def _order_problem(request: Any) -> str:
+    """What is wrong with an order request, or "" if nothing."""
+    if not isinstance(request, dict):
+        return "body must be a JSON object"
+    missing = [key for key in ORDER_FIELDS if key not in request]
+    if missing:
+        return f"missing fields: {', '.join(missing)}"
+    cid = request["client_order_id"]
+    checks = (
+        (isinstance(cid, str) and cid != "", "client_order_id must be a non-empty string"),
+        (request["side"] in ("sell", "buy"), "side must be 'sell' or 'buy'"),
+        (request["type"] == "market", "type must be 'market'"),
+        (valid_price(request["quantity"]), "quantity must be a finite number > 0"),
+    )
+    return next((problem for ok, problem in checks if not ok), "")
+
+
+def _fill(order: dict[str, Any]) -> dict[str, Any]:
+    keys = ("client_order_id", "order_id", "status", "fill_price")
+    return {key: order[key] for key in keys}
+
+
+def _error(message: str) -> dict[str, Any]:
+    return {"status": "error", "error": message}

@@ -1,0 +1,1 @@
+"""The HTTP API, metrics endpoint and status page (Flask, served by waitress)."""

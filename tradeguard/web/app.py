@@ -1,0 +1,41 @@
+"""The Flask application factory: `create_app(api)` builds the whole HTTP layer.
+
+There is no module-level app. The system builds one around itself and hands
+it to a WSGI server (waitress); tests build one around a test implementation
+of `GuardApi`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response
+
+from tradeguard.web import errors
+from tradeguard.web.api import api_blueprint, load_openapi
+from tradeguard.web.pages import pages_blueprint
+from tradeguard.web.ports import GuardApi
+
+MAX_BODY_BYTES = 64 * 1024  # the largest request body is a few hundred bytes
+
+
+def create_app(api: GuardApi, *, logger_name: str = "tradeguard.web") -> Flask:
+    """The app serving SPEC §6 for `api`; errors are logged to `logger_name`."""
+    if not api.api_token:
+        # An empty expected token would let an empty presented one through.
+        raise ValueError("create_app needs a non-empty api_token")
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    errors.register(app, logging.getLogger(logger_name))
+    app.register_blueprint(api_blueprint(api, load_openapi()))
+    app.register_blueprint(pages_blueprint(api))
+    app.after_request(_common_headers)
+    return app
+
+
+def _common_headers(response: Response) -> Response:
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    # Live state: nothing the API or page answers may be served from a cache.
+    # Static files set their own Cache-Control and keep it.
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
