@@ -131,6 +131,8 @@ class GuardActor(pykka.ThreadingActor):
 
     def on_start(self) -> None:
         try:
+            if self.services.faults.take_start_failure(self.ctx.name):
+                raise InjectedFault(f"{self.ctx.name}: injected start failure")
             self.setup()
         except Exception as exc:
             self.ctx.stop_event.set()

@@ -28,7 +28,6 @@ from tradeguard.prices import Freshness, Quote, Tick
 
 logger = logging.getLogger(__name__)
 
-BLIND_REPEAT = 60.0  # seconds between repeated blind alerts for one position
 FAILED_RETRY = 5.0  # seconds between sweep retries of a close_failed position
 CLOSE_WORKERS = 4
 
@@ -40,6 +39,7 @@ class MonitorActor(GuardActor):
         self._stale_noted: set[str] = set()
         self._blind_alerted: dict[str, float] = {}
         self._failed_tried: dict[str, float] = {}
+        self._started = time.time()
         self._pool = ThreadPoolExecutor(CLOSE_WORKERS, thread_name_prefix="close")
         self._reload()
         for position in self._positions.values():
@@ -94,6 +94,8 @@ class MonitorActor(GuardActor):
                 self._retry_failed(position, now)
                 continue
             quote = self.services.cache.quote(symbol, now)
+            if quote is None and self._awaiting_first_price(position, now):
+                continue
             if quote is None or not quote.usable:
                 blind.add(symbol)
                 self._on_blind(position, quote, now)
@@ -111,20 +113,26 @@ class MonitorActor(GuardActor):
                 self._submit(symbol, reason, None)
         self.services.monitor_status.update(blind, stale, now)
 
+    def _awaiting_first_price(self, position: Position, now: float) -> bool:
+        # A position just opened has had no chance to see a tick yet: it is not
+        # blind until the feed has had the stale threshold's time to price it.
+        opened = position.opened_at or 0.0
+        return now - max(opened, self._started) < self.services.cfg.prices.stale_warning_threshold
+
     def _on_stale(self, position: Position, quote: Quote) -> None:
         if position.symbol in self._stale_noted:
             return
         self._stale_noted.add(position.symbol)
         currency = self.services.cfg.display.currency
-        logger.warning("[FALLBACK] Using stale price for %s: %s%s (%.0fs old)",
-                       position.symbol, currency, _num(quote.price), quote.age)
+        logger.warning("[FALLBACK] Using stale price for %s: %s%.2f (%.1fs old)",
+                       position.symbol, currency, quote.price, quote.age)
         self.services.alerts.alert(alerts.price_stale(position.symbol, quote.price, quote.age,
                                                       currency=currency))
 
     def _on_blind(self, position: Position, quote: Quote | None, now: float) -> None:
         last = self._blind_alerted.get(position.symbol)
         policy = self.services.cfg.monitor.blind_policy
-        if last is None or now - last >= BLIND_REPEAT:
+        if last is None or now - last >= self.services.blind_repeat:
             self._blind_alerted[position.symbol] = now
             logger.critical("[MONITOR] %s is blind: no price younger than %.0fs",
                             position.symbol, self.services.cfg.prices.cache_timeout)
@@ -185,6 +193,3 @@ class MonitorActor(GuardActor):
         if symbols:
             self.ctx.tell("FeedActor", Subscribe(symbols))
 
-
-def _num(price: float) -> str:
-    return f"{price:.2f}".rstrip("0").rstrip(".") if price != int(price) else f"{price:.0f}"

@@ -29,6 +29,25 @@ if TYPE_CHECKING:
     from actors.supervisor import ChildHandle
 
 
+class Faults:
+    """Start failures armed by fault injection (the third way a Pykka actor dies)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._fail_starts: set[str] = set()
+
+    def arm_start_failure(self, name: str) -> None:
+        with self._lock:
+            self._fail_starts.add(name)
+
+    def take_start_failure(self, name: str) -> bool:
+        with self._lock:
+            if name in self._fail_starts:
+                self._fail_starts.discard(name)
+                return True
+            return False
+
+
 @dataclass
 class Services:
     cfg: Config
@@ -45,6 +64,8 @@ class Services:
     monitor_status: MonitorStatus = field(default_factory=MonitorStatus)
     handles: dict[str, ChildHandle] = field(default_factory=dict)
     shutdown: threading.Event = field(default_factory=threading.Event)
+    faults: Faults = field(default_factory=Faults)
+    blind_repeat: float = 60.0  # seconds between repeated blind alerts for one position
     system_lookup: Callable[[str], list[str]] | None = None
     api: GuardApi | None = None  # what the HTTP layer calls (the System)
     api_port: int = 0  # the port ApiActor bound (0 until then: tests ask for any free one)

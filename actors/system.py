@@ -15,6 +15,7 @@ reverse. `System` is also what the HTTP layer calls (`tradeguard.web.ports`).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 import time
@@ -83,8 +84,9 @@ def ensure_api_token(cfg: Config) -> tuple[str, bool]:
 def make_broker(cfg: Config, cache: PriceCache, resolver: Resolver) -> Broker:
     if cfg.broker.kind == "http":
         return HttpBroker(cfg.broker.url, cfg.broker.token, cfg.broker.timeout, resolver)
-    return PaperBroker(lambda symbol: cache.quote(symbol, time.time()),
-                       max_age=cfg.prices.cache_timeout)
+    # No age limit: a market close of a blind position fills at the last price
+    # seen, and the fill (and the API answer) carries that price's true age.
+    return PaperBroker(lambda symbol: cache.quote(symbol, time.time()), max_age=math.inf)
 
 
 class System:
@@ -231,8 +233,12 @@ class System:
         return not down, down
 
     def inject_fault(self, actor: str, kind: str) -> None:
+        """crash / hang on the next message; "start": crash, then fail the next on_start."""
         if actor not in self.services.handles:
             raise ValueError(f"unknown actor {actor!r}")
+        if kind == "start":
+            self.services.faults.arm_start_failure(actor)
+            kind = "crash"
         self.supervisor.inject_fault(actor, kind)
 
     def metrics_exposition(self) -> bytes:

@@ -57,7 +57,7 @@ def release() -> Iterator[threading.Event]:
 @pytest.fixture
 def hung(release: threading.Event) -> Callable[[str], list[str]]:
     def lookup(host: str) -> list[str]:
-        release.wait()
+        release.wait(timeout=10)  # a ladder that waits for it fails slowly instead of hanging
         raise OSError("released at teardown")
 
     return lookup
@@ -251,7 +251,7 @@ def test_hung_system_lookups_do_not_pile_up(dns_server, resolver, release, caplo
 
     def hangs(host: str) -> list[str]:
         hanging.append(threading.current_thread())
-        release.wait()
+        release.wait(timeout=10)
         raise OSError("released")
 
     make = resolver([server], head_start=0.0, system=hangs)

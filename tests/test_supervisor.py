@@ -12,6 +12,7 @@ import pykka
 import pytest
 
 from actors.base import ChildContext, GuardActor
+from actors.services import Faults
 from actors.supervisor import ChildSpec, Restart, Supervisor
 from tests.support.waiting import wait_until
 from tradeguard.config import SupervisorConfig
@@ -44,7 +45,8 @@ def make_supervisor(
     cfg: SupervisorConfig, names: tuple[str, ...] = ("A", "B", "C"), **kwargs: Any
 ) -> tuple[Supervisor, SimpleNamespace]:
     shared = SimpleNamespace(starts=[], received=[], fail_starts=0, stops=[])
-    services = SimpleNamespace(shared=shared, shutdown=threading.Event(), handles={})
+    services = SimpleNamespace(shared=shared, shutdown=threading.Event(), handles={},
+                               faults=Faults())
 
     def make_context(name: str, incarnation: int, report: Any, ack: Any) -> ChildContext:
         return ChildContext(name, incarnation, services, report, ack)  # type: ignore[arg-type]

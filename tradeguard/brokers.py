@@ -59,7 +59,11 @@ class Broker(Protocol):
 
 
 class PaperBroker:
-    """Fills at the freshest usable price: the cached quote or the order's hint.
+    """Fills at the freshest price it has: the cached quote or the order's hint.
+
+    Prices older than `max_age` are refused. The service passes no limit: a
+    market order fills whatever the market does, so a close of a blind
+    position fills at the last price seen, and the fill reports its true age.
 
     Its memory of orders lives in this process only. After a restart, `lookup`
     of a `closing` position's client order id returns None and the caller
@@ -71,7 +75,7 @@ class PaperBroker:
         quote: Callable[[str], Quote | None],
         clock: Callable[[], float] = time.time,
         *,
-        max_age: float = 300.0,  # prices.cache_timeout: an older hint is not used
+        max_age: float = 300.0,  # prices older than this are not filled at
         on_order: Callable[[CloseOrder, float], None] | None = None,
     ) -> None:
         self._quote = quote
@@ -105,7 +109,7 @@ class PaperBroker:
         now = self._clock()
         candidates: list[tuple[float, float]] = []  # (received_at, price)
         cached = self._quote(order.symbol)
-        if cached is not None and cached.usable:
+        if cached is not None and now - cached.received_at <= self._max_age:
             candidates.append((cached.received_at, cached.price))
         hint = order.hint
         if (

@@ -217,7 +217,7 @@ class Resolver:
                 raise ResolverError("resolver is closed")
             if self._pending_system >= MAX_PENDING_SYSTEM:
                 future.set_exception(ResolverError(
-                    f"{self._pending_system} earlier lookups are still hanging"
+                    f"{self._pending_system} earlier system lookups are still hanging"
                 ))
                 return future
             self._pending_system += 1

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.system import System
+from tests.support.waiting import wait_until
 from tradeguard.brokers import Broker
 from tradeguard.config import Config, config_from_mapping
 from tradeguard.sim.dns_server import DnsServer
@@ -130,6 +131,8 @@ def running(tmp_path: Path, *, telegram: bool = False, broker: Broker | None = N
             system = System(cfg, system_lookup=lookup, broker=broker, api_port=0)
             system.start()
             try:
+                wait_until(lambda: system.supervisor.all_up() and system.services.api_port, 10,
+                           message="the system did not come up")
                 yield Harness(cfg, system, exchange, dns, tg, lookup)
             finally:
                 lookup.release.set()

@@ -27,7 +27,9 @@ FAULT_KINDS = ("crash", "hang")
 def load_openapi() -> dict[str, Any]:
     """The packaged copy of docs/openapi.yaml, as a dict."""
     text = resources.files("tradeguard.web").joinpath("openapi.yaml").read_text("utf-8")
-    spec: dict[str, Any] = yaml.safe_load(text)
+    # libyaml's loader when PyYAML was built with it: ten times faster, same result.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    spec: dict[str, Any] = yaml.load(text, Loader=loader)  # noqa: S506 (a safe loader)
     return spec
 
 

@@ -8,8 +8,11 @@ of `GuardApi`.
 from __future__ import annotations
 
 import logging
+import math
+from typing import Any
 
 from flask import Flask, Response
+from flask.json.provider import DefaultJSONProvider
 
 from tradeguard.web import errors
 from tradeguard.web.api import api_blueprint, load_openapi
@@ -25,12 +28,35 @@ def create_app(api: GuardApi, *, logger_name: str = "tradeguard.web") -> Flask:
         # An empty expected token would let an empty presented one through.
         raise ValueError("create_app needs a non-empty api_token")
     app = Flask(__name__)
+    app.json = FiniteJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     errors.register(app, logging.getLogger(logger_name))
     app.register_blueprint(api_blueprint(api, load_openapi()))
     app.register_blueprint(pages_blueprint(api))
     app.after_request(_common_headers)
     return app
+
+
+class FiniteJSONProvider(DefaultJSONProvider):
+    """Sends a non-finite number (a P&L that overflowed) as null.
+
+    Python's json writes NaN and Infinity, which are not JSON: a client's
+    parser would reject the whole answer, and the status page would go blank
+    over one bad figure.
+    """
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        return super().dumps(finite(obj), allow_nan=False, **kwargs)
+
+
+def finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(item) for item in value]
+    return value
 
 
 def _common_headers(response: Response) -> Response:

@@ -11,6 +11,7 @@
 (function () {
   const TOKEN_KEY = "tradeguard.api-token";
   const REFRESH_MS = 1000;
+  const FETCH_TIMEOUT_MS = 4000;
   const NEAR_LEVEL_PCT = 1.0; // as pages.NEAR_LEVEL_PCT
   const LIVE_STATES = ["open", "closing", "close_failed"];
 
@@ -67,7 +68,11 @@
   // an element a reader (or a test) holds stays the same element.
   function syncRows(container, items, keyAttr, keyOf, templateId, fill) {
     const old = new Map();
-    for (const row of Array.from(container.children)) old.set(row.getAttribute(keyAttr), row);
+    for (const row of Array.from(container.children)) {
+      const key = row.getAttribute(keyAttr);
+      if (key === null || old.has(key)) row.remove();
+      else old.set(key, row);
+    }
     items.forEach((item, i) => {
       const key = keyOf(item);
       let row = old.get(key);
@@ -154,14 +159,18 @@
     };
   }
 
+  // As in the template: a closed position's client order id is its own.
+  const closedKey = (p) => p.client_order_id || p.symbol + "|" + p.closed_at;
+
   function renderPositions(view) {
     const live = view.positions.filter((p) => LIVE_STATES.includes(p.state));
-    const closed = view.positions.filter((p) => !LIVE_STATES.includes(p.state)).reverse();
+    const closed = view.positions.filter((p) => !LIVE_STATES.includes(p.state))
+      .sort((a, b) => b.closed_at - a.closed_at); // newest first
     // One live position per symbol (the store enforces it), so the symbol is its key.
     syncRows(document.getElementById("open-positions"), live, "data-symbol",
       (p) => p.symbol, "tpl-position", fillPosition(view.currency));
     syncRows(document.getElementById("closed-positions"), closed, "data-key",
-      (p) => p.symbol + "|" + p.closed_at, "tpl-closed", (row, p) => {
+      closedKey, "tpl-closed", (row, p) => {
         row.dataset.symbol = p.symbol;
         fillClosed(view.currency, view.now)(row, p);
       });
@@ -232,6 +241,7 @@
   }
 
   function render(view) {
+    document.querySelector("main").hidden = false;
     renderSummary(view);
     renderPositions(view);
     renderFeed(view);
@@ -257,9 +267,9 @@
   }
 
   function askForToken(refused) {
-    const form = document.getElementById("token-form");
-    form.hidden = false;
-    setText(document.getElementById("token-error"), refused ? "That token was refused." : "");
+    document.getElementById("token-form").hidden = false;
+    // Kept until the next submit: the refreshes after this one send no token.
+    if (refused) setText(document.getElementById("token-error"), "That token was refused.");
   }
 
   async function refresh() {
@@ -268,13 +278,17 @@
     if (token) headers.Authorization = "Bearer " + token;
     let response;
     try {
-      response = await fetch(statusUrl, { headers, cache: "no-store" });
+      // A hung server must show as lost, not leave the last answer looking live.
+      response = await fetch(statusUrl,
+        { headers, cache: "no-store", signal: AbortSignal.timeout(FETCH_TIMEOUT_MS) });
     } catch (err) {
-      linkLost("network error");
+      linkLost(err.name === "TimeoutError" ? "no answer in " + FETCH_TIMEOUT_MS / 1000 + "s"
+        : "network error");
       return;
     }
     if (response.status === 401) {
       if (token) sessionStorage.removeItem(TOKEN_KEY);
+      setText(document.getElementById("link-state"), "Waiting for the API token");
       askForToken(Boolean(token));
       return;
     }
@@ -300,6 +314,7 @@
     const input = document.getElementById("token-input");
     sessionStorage.setItem(TOKEN_KEY, input.value.trim());
     input.value = "";
+    setText(document.getElementById("token-error"), "");
     event.target.hidden = true; // the next refresh, within a second, uses it
   });
 

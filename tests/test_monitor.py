@@ -1,0 +1,167 @@
+"""The money path on the whole running service: stops on every tick, stale and blind prices."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.harness import Harness, running
+from tests.support.waiting import wait_until
+
+
+def ready(h: Harness, symbol: str) -> None:
+    wait_until(lambda: h.system.services.feed_status.connected and any(
+        symbol in s for s in h.exchange.subscriptions), 10)
+
+
+def open_pos(h: Harness, symbol: str, side: str, entry: float, sl: float | None,
+             tp: float | None) -> None:
+    status, body = h.call("POST", "/api/v1/positions", {
+        "symbol": symbol, "side": side, "quantity": 4, "entry_price": entry,
+        "stop_loss": sl, "take_profit": tp})
+    assert status == 201, body
+    ready(h, symbol)
+
+
+def closed(h: Harness, symbol: str) -> Any:
+    wait_until(lambda: h.position(symbol).state.value == "closed", 10)
+    return h.position(symbol)
+
+
+def orders_for(h: Harness, symbol: str) -> int:
+    cid = h.position(symbol).client_order_id
+    return h.system.services.broker.orders.count(cid) if cid else 0
+
+
+CASES = [
+    # side, entry, stop, target, breach price, reason
+    ("long", 100.0, 90.0, 120.0, 89.5, "stop_loss"),
+    ("long", 100.0, 90.0, 120.0, 120.0, "take_profit"),
+    ("short", 100.0, 110.0, 80.0, 110.0, "stop_loss"),
+    ("short", 100.0, 110.0, 80.0, 79.0, "take_profit"),
+]
+
+
+@pytest.mark.parametrize(("side", "entry", "sl", "tp", "breach", "reason"), CASES)
+def test_one_breaching_tick_in_a_50_tick_frame_closes_once(
+    tmp_path: Path, side: str, entry: float, sl: float, tp: float, breach: float, reason: str
+) -> None:
+    with running(tmp_path) as h:
+        open_pos(h, "SYM", side, entry, sl, tp)
+        frame = [("SYM", entry)] * 50
+        frame[23] = ("SYM", breach)
+        h.exchange.send_ticks(frame)
+        position = closed(h, "SYM")
+        assert position.reason == reason
+        assert orders_for(h, "SYM") == 1
+        # More breaching ticks after the close place no second order.
+        h.exchange.send_ticks([("SYM", breach)] * 10)
+        h.exchange.send_tick("SYM", entry)
+        wait_until(lambda: h.system.services.cache.quote("SYM", 0) is not None, 5)
+        assert len(h.system.services.broker.orders) == 1
+
+
+def test_take_profit_and_stop_loss_in_one_batch_resolve_by_tick_order(tmp_path: Path) -> None:
+    with running(tmp_path) as h:
+        open_pos(h, "FIRSTTP", "long", 100.0, 90.0, 110.0)
+        open_pos(h, "FIRSTSL", "long", 100.0, 90.0, 110.0)
+        h.exchange.send_ticks([("FIRSTTP", 100.0), ("FIRSTTP", 111.0), ("FIRSTTP", 85.0),
+                               ("FIRSTSL", 100.0), ("FIRSTSL", 85.0), ("FIRSTSL", 111.0)])
+        assert closed(h, "FIRSTTP").reason == "take_profit"
+        assert closed(h, "FIRSTSL").reason == "stop_loss"
+
+
+def test_stale_path_keeps_checking_and_a_cached_breach_closes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    with running(tmp_path, prices={"stale_warning_threshold": 0.3, "cache_timeout": 60},
+                 feed={"silence_timeout": 60.0}) as h:
+        open_pos(h, "BOSCHLTD", "long", 735.0, 700.0, None)
+        h.exchange.send_tick("BOSCHLTD", 690.0 + 20.0)
+        wait_until(lambda: h.system.services.cache.quote("BOSCHLTD", 0) is not None, 5)
+        h.exchange.stop()  # the feed goes dark
+        wait_until(lambda: "[FALLBACK] Using stale price for BOSCHLTD: ₹710.00" in caplog.text, 5)
+        fallback_lines = caplog.text.count("[FALLBACK] Using stale price for BOSCHLTD")
+        # The operator tightens the stop above the last (stale) price: only the cache sees it.
+        status, body = h.call("PATCH", "/api/v1/positions/BOSCHLTD", {"stop_loss": 715.0})
+        assert status == 200, body
+        position = closed(h, "BOSCHLTD")
+        assert position.reason == "stop_loss" and position.exit_price == 710.0
+        assert caplog.text.count("[FALLBACK] Using stale price for BOSCHLTD") == fallback_lines
+
+
+def test_blind_alert_repeats_and_close_policy_closes(tmp_path: Path) -> None:
+    with running(tmp_path, telegram=True,
+                 prices={"stale_warning_threshold": 0.2, "cache_timeout": 0.5},
+                 monitor={"blind_policy": "alert"}, feed={"silence_timeout": 60.0}) as h:
+        h.system.services.blind_repeat = 0.3
+        open_pos(h, "AAA", "long", 100.0, 90.0, None)
+        h.exchange.send_tick("AAA", 100.0)
+        wait_until(lambda: h.system.services.cache.quote("AAA", 0) is not None, 5)
+        h.exchange.stop()
+        assert h.telegram is not None
+        wait_until(lambda: sum("AAA: position BLIND" in t for _, t in h.telegram.messages)
+                   >= 2, 10)
+        assert h.position("AAA").state.value == "open"  # policy "alert" never closes
+        status, health = h.call("GET", "/api/v1/monitoring/connection-health")
+        assert health["positions"]["blind"] == ["AAA"]
+
+    with running(tmp_path / "close", prices={"stale_warning_threshold": 0.2,
+                                             "cache_timeout": 0.5},
+                 monitor={"blind_policy": "close"}, feed={"silence_timeout": 60.0}) as h:
+        open_pos(h, "AAA", "long", 100.0, 90.0, None)
+        h.exchange.send_tick("AAA", 101.0)
+        wait_until(lambda: h.system.services.cache.quote("AAA", 0) is not None, 5)
+        h.exchange.stop()
+        position = closed(h, "AAA")
+        assert position.reason == "blind" and position.exit_price == 101.0
+        assert orders_for(h, "AAA") == 1
+
+
+def test_twenty_threads_closing_one_position(tmp_path: Path) -> None:
+    with running(tmp_path) as h:
+        open_pos(h, "RACE", "long", 100.0, 90.0, None)
+        h.exchange.send_tick("RACE", 100.0)
+        wait_until(lambda: h.system.services.cache.quote("RACE", 0) is not None, 5)
+        barrier = threading.Barrier(20)
+        answers: list[int] = []
+        lock = threading.Lock()
+
+        def close() -> None:
+            barrier.wait()
+            status, _ = h.call("POST", "/api/v1/monitoring/emergency-close-position",
+                               {"symbol": "RACE"})
+            with lock:
+                answers.append(status)
+
+        threads = [threading.Thread(target=close) for _ in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert answers.count(200) == 1
+        assert set(answers) <= {200, 404, 409}
+        assert orders_for(h, "RACE") == 1
+        assert len(h.system.services.broker.orders) == 1
+
+
+def test_emergency_close_answers_with_the_fill(tmp_path: Path) -> None:
+    with running(tmp_path) as h:
+        open_pos(h, "BOSCHLTD", "long", 735.0, 700.0, None)
+        h.exchange.send_tick("BOSCHLTD", 740.5)
+        wait_until(lambda: h.system.services.cache.quote("BOSCHLTD", 0) is not None, 5)
+        status, body = h.call("POST", "/api/v1/monitoring/emergency-close-position",
+                              {"symbol": "BOSCHLTD", "reason": "emergency"})
+        assert status == 200, body
+        assert body["exit_price"] == 740.5 and body["pnl"] == pytest.approx(4 * 5.5)
+        assert body["order_id"].startswith("paper-") and body["client_order_id"]
+        assert 0 <= body["price_age_seconds"] < 5
+        assert set(body) >= {"status", "symbol", "side", "quantity", "entry_price",
+                             "exit_price", "pnl", "reason", "price_age_seconds", "order_id"}
+        assert h.call("POST", "/api/v1/monitoring/emergency-close-position",
+                      {"symbol": "BOSCHLTD"})[0] == 404
