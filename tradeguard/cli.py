@@ -32,6 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="measure throughput, latency and memory")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--quick", action="store_true", help="a run of a few seconds")
+    chaos = sub.add_parser("chaos", help="inject faults at random under load, check invariants")
+    chaos.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
+    chaos.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
+    chaos.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -79,6 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tradeguard.bench import run_bench
 
         return run_bench(quick=args.quick, as_json=args.json)
+    if args.command == "chaos":
+        from tradeguard.chaos import run_chaos
+
+        return run_chaos(duration=args.duration, seed=args.seed, as_json=args.json)
     return EX_CONFIG
 
 

@@ -70,8 +70,9 @@ def fast_config(tmp_path: Path, exchange: SimExchange, dns: DnsServer,
         "debug": {"fault_injection": True},
     }
     if telegram is not None:
+        # By name, so alerts go through the resolver ladder like the feed does.
         raw["telegram"] = {"bot_token": BOT_TOKEN, "chat_id": "42",
-                           "api_base": telegram.api_base}
+                           "api_base": f"http://{TG_HOST}:{telegram.port}"}
     for section, values in sections.items():
         raw.setdefault(section, {}).update(values)
     return config_from_mapping(raw, {})
