@@ -54,9 +54,10 @@ def run_service(cfg: Config) -> int:
     except TradeGuardError as exc:
         logger.error("Cannot start: %s", exc)
         return EX_CONFIG
-    if system.token_generated:
-        print(f"API token (written to {cfg.store.path and 'the api-token file beside the store'}"
-              f"): {system.api_token}", file=sys.stderr, flush=True)
+    if system.token_path is not None:
+        # Printed once, never logged: the operator needs it for the close endpoint.
+        print(f"API token: {system.api_token} (saved 0600 in {system.token_path})",
+              file=sys.stderr, flush=True)
     try:
         system.start()
         sdnotify.notify("READY=1")
@@ -71,5 +72,9 @@ def run_service(cfg: Config) -> int:
         logger.critical("Supervisor gave up; exiting %d so the process manager restarts us",
                         EX_SOFTWARE)
         return EX_SOFTWARE
+    left = [t.name for t in threading.enumerate()
+            if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+    if left:
+        logger.error("Threads still running after stop: %s", ", ".join(left))
     logger.info("Stopped cleanly")
     return EX_OK

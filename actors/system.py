@@ -67,10 +67,10 @@ CHILDREN: tuple[tuple[str, type[Any]], ...] = (
 API_ASK_TIMEOUT = 5.0
 
 
-def ensure_api_token(cfg: Config) -> tuple[str, bool]:
+def ensure_api_token(cfg: Config) -> tuple[str, Path | None]:
     """The configured token, or one generated now and written 0600 beside the store."""
     if cfg.api.token:
-        return cfg.api.token, False
+        return cfg.api.token, None
     token = secrets.token_urlsafe(32)
     path = Path(cfg.store.path).resolve().parent / "api-token"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,7 +78,7 @@ def ensure_api_token(cfg: Config) -> tuple[str, bool]:
     with os.fdopen(fd, "w") as fh:
         fh.write(token + "\n")
     os.chmod(path, 0o600)
-    return token, True
+    return token, path
 
 
 def make_broker(cfg: Config, cache: PriceCache, resolver: Resolver) -> Broker:
@@ -102,7 +102,7 @@ class System:
         api_port: int | None = None,
     ) -> None:
         self.cfg = cfg
-        self.api_token, self.token_generated = ensure_api_token(cfg)
+        self.api_token, self.token_path = ensure_api_token(cfg)
         self.fault_injection = cfg.debug.fault_injection
         self.protect_reads = not is_loopback(cfg.api.host)
         store = Store(cfg.store.path)

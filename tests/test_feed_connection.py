@@ -159,8 +159,19 @@ def test_a_missing_ca_file_is_a_feed_error(
     ca: trustme.CA, tmp_path: Path, exchanges: Callable[..., SimExchange]
 ) -> None:
     exchange = exchanges(server_context(ca, HOST))
-    with pytest.raises(FeedError, match="cannot open"):
+    with pytest.raises(FeedError, match="cannot load the feed CA file"):
         open_feed(exchange.url_for(HOST), IP, connect_timeout=WAIT, ca_file=str(tmp_path / "no"))
+
+
+def test_connect_timeout_bounds_a_handshake_that_never_answers(
+    exchanges: Callable[..., SimExchange],
+) -> None:
+    exchange = exchanges()
+    exchange.half_open(True)  # TCP is accepted, the upgrade request is never read
+    started = time.monotonic()
+    with pytest.raises(FeedError, match="timed out"):
+        open_feed(exchange.url_for(HOST), IP, connect_timeout=0.3)
+    assert time.monotonic() - started < 2.0
 
 
 @pytest.mark.parametrize("url", ["http://feed/ws", "ws:///ws", "ws://feed:notaport/ws", "feed"])

@@ -57,6 +57,7 @@ def open_feed(
     its own with `ws.settimeout`.
     """
     host, port, secure = _target(url)
+    tls = _tls(ca_file) if secure else None
     deadline = time.monotonic() + connect_timeout
     where = f"{host} at {address}:{port}"
     try:
@@ -66,9 +67,9 @@ def open_feed(
     try:
         for option in websocket.DEFAULT_SOCKET_OPTION:  # TCP_NODELAY, keepalive
             sock.setsockopt(*option)
-        if secure:
+        if tls is not None:
             sock.settimeout(_remaining(deadline))
-            sock = tls_context(ca_file).wrap_socket(sock, server_hostname=host)
+            sock = tls.wrap_socket(sock, server_hostname=host)
         sock.settimeout(_remaining(deadline))
         ws = websocket.WebSocket(skip_utf8_validation=True)
         ws.connect(url, socket=sock, redirect_limit=0)  # type: ignore[no-untyped-call]
@@ -92,6 +93,13 @@ def _target(url: str) -> tuple[str, int, bool]:
         raise FeedError(f"bad feed URL {url!r}: expected ws://HOST/... or wss://HOST/...")
     secure = parts.scheme == "wss"
     return parts.hostname, port or (443 if secure else 80), secure
+
+
+def _tls(ca_file: str) -> ssl.SSLContext:
+    try:
+        return tls_context(ca_file)
+    except OSError as exc:  # ssl.SSLError included: a file that is not PEM
+        raise FeedError(f"cannot load the feed CA file {ca_file!r}: {exc}") from exc
 
 
 def _remaining(deadline: float) -> float:
