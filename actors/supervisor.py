@@ -357,11 +357,12 @@ class Supervisor:
         for child in self._children.values():
             if child.restart_at is not None and now >= child.restart_at:
                 self._start_child(child)
-                with self._lock:
-                    child.restarts += 1
                 logger.warning("Supervisor: restarted %s (incarnation %d) after: %s",
                                child.spec.name, child.incarnation, child.last_reason)
-                self._on_restart(child.spec.name, child.last_reason, child.restarts)
+                # Metrics and the alert first: whoever sees the new count sees them too.
+                self._on_restart(child.spec.name, child.last_reason, child.restarts + 1)
+                with self._lock:
+                    child.restarts += 1
 
     # Children ----------------------------------------------------------------
 

@@ -10,6 +10,7 @@ broken resolver would.
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import urllib.error
 import urllib.request
@@ -18,6 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import trustme
 
 from actors.system import System
 from tests.support.waiting import wait_until
@@ -118,12 +121,31 @@ class Harness:
             None)
 
 
+def tls_for(tmp_path: Path, cert_name: str) -> tuple[ssl.SSLContext, str]:
+    """A server context with a certificate for `cert_name` and the CA file that trusts it."""
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(cert_name).configure_cert(server_ctx)
+    ca_file = tmp_path / "feed-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    return server_ctx, str(ca_file)
+
+
 @contextmanager
 def running(tmp_path: Path, *, telegram: bool = False, broker: Broker | None = None,
+            tls_cert_name: str | None = None,
             **sections: dict[str, Any]) -> Iterator[Harness]:
-    """Start the exchange, DNS, (Telegram) and the System; stop all of it after."""
+    """Start the exchange, DNS, (Telegram) and the System; stop all of it after.
+
+    With `tls_cert_name` the feed is wss:// with a certificate issued for that
+    name by a test CA, which `feed.ca_file` trusts.
+    """
     lookup = SwitchableLookup()
-    with SimExchange() as exchange, DnsServer() as dns:
+    server_ctx = None
+    if tls_cert_name is not None:
+        server_ctx, ca_file = tls_for(tmp_path, tls_cert_name)
+        sections.setdefault("feed", {})["ca_file"] = ca_file
+    with SimExchange(ssl_context=server_ctx) as exchange, DnsServer() as dns:
         dns.set_record(FEED_HOST, ["127.0.0.1"])
         dns.set_record(TG_HOST, ["127.0.0.1"])
         tg = TelegramServer(BOT_TOKEN).start() if telegram else None

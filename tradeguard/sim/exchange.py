@@ -235,7 +235,7 @@ class SimExchange:
     def _record(self, message: str | bytes) -> None:
         try:
             frame = json.loads(message)
-        except ValueError:
+        except (ValueError, RecursionError):
             logger.debug("Simulated exchange ignored a frame that is not JSON: %.80r", message)
             return
         if not isinstance(frame, dict) or frame.get("action") != "subscribe":
