@@ -12,11 +12,11 @@ import threading
 import time
 
 from flask import Flask
-from waitress.server import BaseWSGIServer, create_server
-from waitress.wasyncore import close_all, loop
+from waitress.wasyncore import loop
 
 from actors.base import GuardActor
 from tradeguard.web.app import create_app
+from tradeguard.web.server import Listener, listen
 
 logger = logging.getLogger(__name__)
 
@@ -29,21 +29,17 @@ class ApiActor(GuardActor):
         api = self.services.api
         assert api is not None, "the System sets services.api before starting children"
         cfg = self.services.cfg.api
-        app = create_app(api)
-        server = self._bind(app, cfg.host, self.services.api_port)
-        assert isinstance(server, BaseWSGIServer)
-        self._server = server
-        self.services.api_port = int(server.effective_port)  # type: ignore[attr-defined]
+        self._listener = self._bind(create_app(api), cfg.host, self.services.api_port)
+        self.services.api_port = self._listener.port
         self._thread = threading.Thread(target=self._serve, name="api-http")
         self._thread.start()
         logger.info("[API] listening on http://%s:%s/", cfg.host, self.services.api_port)
 
-    def _bind(self, app: Flask, host: str, port: int) -> object:
+    def _bind(self, app: Flask, host: str, port: int) -> Listener:
         # A previous incarnation may still be releasing the port; retry briefly.
         for attempt in range(BIND_ATTEMPTS):
             try:
-                return create_server(app, host=host, port=port, threads=4,
-                                     ident="tradeguard", clear_untrusted_proxy_headers=True)
+                return listen(app, host, port)
             except OSError:
                 if attempt == BIND_ATTEMPTS - 1:
                     raise
@@ -51,13 +47,12 @@ class ApiActor(GuardActor):
         raise AssertionError("unreachable")
 
     def _serve(self) -> None:
-        server, stop = self._server, self.ctx.stop_event
+        listener, stop = self._listener, self.ctx.stop_event
         try:
             while not stop.is_set():
-                loop(timeout=LOOP_TIMEOUT, map=server._map, count=1)  # type: ignore[attr-defined]
+                loop(timeout=LOOP_TIMEOUT, map=listener.socket_map, count=1)
         finally:
-            server.task_dispatcher.shutdown()
-            close_all(server._map)  # type: ignore[attr-defined]
+            listener.close()
 
     def teardown(self) -> None:
         thread = getattr(self, "_thread", None)

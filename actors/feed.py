@@ -49,13 +49,13 @@ class ReaderDied:
 class FeedActor(GuardActor):
     def setup(self) -> None:
         cfg = self.services.cfg.feed
-        self._url = cfg.url
-        self._host = urlsplit(cfg.url).hostname or ""
+        self.url = cfg.url
+        self.host = urlsplit(cfg.url).hostname or ""
         self._lock = threading.Lock()
         self._wanted: set[str] = set(cfg.symbols)
         self._wanted |= {p.symbol for p in self.services.store.live_positions()}
         self._unsent: set[str] = set()
-        self.services.feed_status.update(host=self._host, connected=False)
+        self.services.feed_status.update(host=self.host, connected=False)
         self._reader = threading.Thread(target=self._read_forever, name="feed-reader")
         self._reader.start()
 
@@ -128,10 +128,10 @@ class _Reader:
                 self._wait_before_retry()
 
     def _connect(self) -> websocket.WebSocket | None:
-        host = self.actor._host
+        host = self.actor.host
         try:
             resolution = self.services.resolver.resolve(host)
-            ws = open_feed(self.actor._url, resolution.address,
+            ws = open_feed(self.actor.url, resolution.address,
                            connect_timeout=self.cfg.connect_timeout, ca_file=self.cfg.ca_file)
         except (ResolverError, FeedError) as exc:
             self._lost(str(exc))
@@ -157,17 +157,16 @@ class _Reader:
         self.failures += 1
         self.status.count_error(error)
         self.services.metrics.feed_network_errors.inc()
-        logger.warning("[FEED] %s: %s", self.actor._host, error)
+        logger.warning("[FEED] %s: %s", self.actor.host, error)
         if self.down_since is None:
             self.down_since = time.time()
-            self.services.alerts.alert(alerts.feed_lost(self.actor._host, error))
+            self.services.alerts.alert(alerts.feed_lost(self.actor.host, error))
         if self.failures % self.cfg.dns_check_every == 0:
             self.ctx.tell("DnsHealthActor", Kick("feed reconnect failures"))
 
     def _wait_before_retry(self) -> None:
         delay = self.backoff.next_delay()
-        with self.status._lock:
-            self.status.reconnect_attempts += 1
+        self.status.count_attempt()
         self.services.metrics.feed_reconnect_attempts.inc()
         logger.info("[FEED] Reconnecting in %.2fs (attempt %d)", delay, self.backoff.attempts)
         self.stop.wait(delay)
@@ -176,8 +175,7 @@ class _Reader:
         symbols = self.actor.take_unsent(everything)
         if symbols:
             ws.send(subscribe_frame(symbols))
-            with self.status._lock:
-                self.status.subscribed |= set(symbols)
+            self.status.add_subscribed(symbols)
 
     def _read(self, ws: websocket.WebSocket) -> None:
         cfg = self.cfg

@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 FLUSH_EVERY = 1.0
 BATCH = 100
+SEND_TIMEOUT = 10.0  # seconds one sendMessage may take before it counts as failed
 
 
 class NotifierActor(GuardActor):
@@ -32,7 +33,7 @@ class NotifierActor(GuardActor):
         self._transport: TelegramTransport | None = None
         if tg.bot_token:
             self._transport = TelegramTransport(
-                tg.api_base, tg.bot_token, tg.chat_id, timeout=10.0,
+                tg.api_base, tg.bot_token, tg.chat_id, timeout=SEND_TIMEOUT,
                 resolver=self.services.resolver,
             )
         self._sender: threading.Thread | None = None
@@ -43,7 +44,7 @@ class NotifierActor(GuardActor):
     def teardown(self) -> None:
         sender = getattr(self, "_sender", None)
         if sender is not None:
-            sender.join(11.0)
+            sender.join(SEND_TIMEOUT + 1.0)
 
     def handle(self, message: object) -> object:
         if isinstance(message, Kick):

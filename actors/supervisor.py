@@ -21,6 +21,7 @@ counted (ticks: the next batch supersedes them).
 from __future__ import annotations
 
 import collections
+import contextlib
 import enum
 import logging
 import queue
@@ -54,6 +55,7 @@ class ChildSpec:
     factory: Callable[[ChildContext], pykka.ActorRef[Any]]
     restart: Restart = Restart.PERMANENT
     shutdown_timeout: float = 5.0
+    start_timeout: float = 15.0  # on_start must finish (first ping answered) within this
 
 
 class ChildHandle:
@@ -92,10 +94,8 @@ class ChildHandle:
             envelope = Durable(self._seq, message, deliveries=1)
             self._pending[envelope.seq] = envelope
             if self._ref is not None:
-                try:
+                with contextlib.suppress(pykka.ActorDeadError):
                     self._ref.tell(envelope)
-                except pykka.ActorDeadError:
-                    pass
 
     def ask(self, message: object, timeout: float) -> Any:
         """Ask the current incarnation, waiting for one to be up within `timeout`.
@@ -138,8 +138,11 @@ class ChildHandle:
                                  envelope.message, envelope.deliveries)
                     del self._pending[seq]
                     continue
+                try:
+                    ref.tell(envelope)
+                except pykka.ActorDeadError:
+                    break  # died in on_start already: the next incarnation gets them
                 envelope.deliveries += 1
-                ref.tell(envelope)
             self._ref = ref
             self._cond.notify_all()
 
@@ -161,6 +164,7 @@ class _Child:
     ping: tuple[pykka.Future[Any], float, int] | None = None
     last_reason: str = ""
     down_since: float | None = None
+    started: bool = False  # on_start finished: the first ping of this incarnation came back
 
 
 @dataclass(frozen=True)
@@ -242,7 +246,7 @@ class Supervisor:
         with self._lock:
             return {
                 name: {
-                    "alive": child.handle.up and child.restart_at is None,
+                    "alive": child.started and child.handle.up and child.restart_at is None,
                     "restarts": child.restarts,
                     "incarnation": child.incarnation,
                     "last_failure": child.last_reason or None,
@@ -268,16 +272,22 @@ class Supervisor:
                 event = None
             if self._stopping.is_set():
                 return
-            if event is not None:
-                self._on_death(event)
-            self._check_liveness()
-            self._check_restarts()
+            try:
+                if event is not None:
+                    self._on_death(event)
+                self._check_liveness()
+                self._check_restarts()
+            except Exception:
+                # The supervisor's thread must outlive any bug below it.
+                logger.exception("Supervisor: error while watching children")
             if self.gave_up.is_set():
                 return
 
     def _wait_time(self) -> float:
         now = self._clock()
         deadlines = [self._next_liveness]
+        if any(not c.started and c.restart_at is None for c in self._children.values()):
+            deadlines.append(now + 0.01)  # a child is starting: notice it is up promptly
         for child in self._children.values():
             if child.restart_at is not None:
                 deadlines.append(child.restart_at)
@@ -299,21 +309,22 @@ class Supervisor:
                 continue
             if child.ping is not None:
                 future, deadline, incarnation = child.ping
-                if incarnation != child.incarnation:
+                if incarnation != child.incarnation or _done(future):
                     child.ping = None
-                elif _done(future):
-                    child.ping = None
+                    child.started = True
                 elif now >= deadline:
                     child.ping = None
                     self._mark_dead(child, "no answer to liveness ping "
-                                           f"within {self.cfg.liveness_timeout:.1f}s")
+                                           f"within {self.cfg.liveness_timeout:.1f}s"
+                                    if child.started else "did not finish starting within "
+                                    f"{child.spec.start_timeout:.1f}s")
                     continue
             ref = child.handle._ref
             if ref is None or not ref.is_alive():
                 self._mark_dead(child, child.last_reason or "actor stopped")
         if now >= self._next_liveness:
             self._next_liveness = now + self.cfg.liveness_interval
-            self._on_liveness(all(c.restart_at is None and c.ping is None
+            self._on_liveness(all(c.started and c.restart_at is None and c.ping is None
                                   for c in self._children.values()))
             for child in self._children.values():
                 ref = child.handle._ref
@@ -371,6 +382,7 @@ class Supervisor:
             child.incarnation += 1
             child.restart_at = None
             child.ping = None
+            child.started = False
             child.down_since = None
         ctx = self._make_context(child.spec.name, child.incarnation, self._report_death,
                                  child.handle.ack)
@@ -382,16 +394,19 @@ class Supervisor:
             self._report_death(child.spec.name, child.incarnation, f"create failed: {exc!r}")
             return
         child.handle._attach(ref)
+        # Pings are answered only once on_start has returned: the first answer
+        # is the moment the child is really up.
+        with contextlib.suppress(pykka.ActorDeadError):
+            child.ping = (ref.ask(Ping(), block=False),
+                          self._clock() + child.spec.start_timeout, child.incarnation)
 
     def _fence(self, child: _Child) -> None:
         if child.ctx is not None:
             child.ctx.stop_event.set()
         ref = child.handle._detach()
         if ref is not None:
-            try:
+            with contextlib.suppress(pykka.ActorDeadError):
                 ref.stop(block=False)
-            except pykka.ActorDeadError:
-                pass
 
     def _stop_child(self, child: _Child) -> None:
         ref = child.handle._detach()

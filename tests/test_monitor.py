@@ -108,7 +108,7 @@ def test_blind_alert_repeats_and_close_policy_closes(tmp_path: Path) -> None:
         wait_until(lambda: sum("AAA: position BLIND" in t for _, t in h.telegram.messages)
                    >= 2, 10)
         assert h.position("AAA").state.value == "open"  # policy "alert" never closes
-        status, health = h.call("GET", "/api/v1/monitoring/connection-health")
+        _, health = h.call("GET", "/api/v1/monitoring/connection-health")
         assert health["positions"]["blind"] == ["AAA"]
 
     with running(tmp_path / "close", prices={"stale_warning_threshold": 0.2,

@@ -80,7 +80,7 @@ def system() -> Iterator[tuple[Supervisor, SimpleNamespace]]:
 def test_children_start_in_order_and_answer(system: Any) -> None:
     sup, _ = system
     assert [sup.handle(n).ask("incarnation", 2.0) for n in "ABC"] == [1, 1, 1]
-    assert sup.all_up()
+    wait_until(sup.all_up, 2.0)
 
 
 def test_handler_failure_is_restarted_and_counted(system: Any) -> None:
@@ -135,11 +135,12 @@ def test_durable_messages_sent_during_the_gap_are_delivered(system: Any) -> None
 
 
 def test_plain_tells_to_a_dead_child_are_counted() -> None:
-    sup, services = make_supervisor(
+    sup, _ = make_supervisor(
         FAST.__class__(**{**FAST.__dict__, "restart_backoff_min": 1.0,
                           "restart_backoff_max": 1.0}), names=("A",))
     sup.start()
     try:
+        wait_until(sup.all_up, 5.0)
         sup.handle("A").tell("boom")
         wait_until(lambda: not sup.all_up(), 5.0)
         for _ in range(5):

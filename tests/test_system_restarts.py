@@ -9,6 +9,9 @@ the new position's breach closes it exactly once.
 
 from __future__ import annotations
 
+import statistics
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -75,3 +78,55 @@ def test_actor_death_loses_nothing(tmp_path: Path, actor: str, mode: str) -> Non
         wait_until(lambda: h.position("BBB").state.value == "closed", 10)
         assert h.system.services.broker.orders.count(h.position("BBB").client_order_id) == 1
         assert h.call("GET", "/healthz", token=None)[0] == 200
+
+
+def test_crash_to_recovered_over_100_crashes(tmp_path: Path) -> None:
+    """Measured for the notes: how long the tree is missing a child after a crash."""
+    with running(tmp_path, supervisor={"max_restarts": 1000, "within_seconds": 30,
+                                       "restart_backoff_min": 0.01,
+                                       "restart_backoff_max": 0.01}) as h:
+        actors = ["CacheActor", "MonitorActor", "NotifierActor", "FeedActor", "DnsHealthActor"]
+        times = []
+        for i in range(100):
+            actor = actors[i % len(actors)]
+            before = h.system.supervisor.status()[actor]["restarts"]
+            started = time.monotonic()
+            h.system.inject_fault(actor, "crash")
+            wait_until(lambda a=actor, b=before: h.system.supervisor.status()[a]["restarts"] > b
+                       and h.system.supervisor.all_up(), 10)
+            times.append(time.monotonic() - started)
+        median = statistics.median(times) * 1000
+        print(f"\ncrash-to-recovered over 100 crashes: median {median:.1f} ms,"
+              f" worst {max(times)*1000:.1f} ms")
+        assert not h.system.supervisor.gave_up.is_set()
+
+
+def test_many_http_clients_while_children_crash(tmp_path: Path) -> None:
+    """No deadlock: every request is answered while actors die under it."""
+    with running(tmp_path) as h:
+        h.open_long("AAA", 100.0, 90.0)
+        answers: list[int] = []
+        lock = threading.Lock()
+
+        def client(n: int) -> None:
+            for i in range(15):
+                path = ["/api/v1/monitoring/connection-health", "/api/v1/positions",
+                        "/healthz", "/metrics"][(n + i) % 4]
+                try:
+                    status = h.call("GET", path)[0] if path != "/metrics" else 200
+                except OSError:
+                    status = -1
+                with lock:
+                    answers.append(status)
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(10)]
+        for t in threads:
+            t.start()
+        for i in range(8):
+            h.system.inject_fault(["CacheActor", "MonitorActor", "FeedActor",
+                                   "NotifierActor"][i % 4], "crash")
+        for t in threads:
+            t.join(60)
+        assert not any(t.is_alive() for t in threads), "a request never returned"
+        assert len(answers) == 150 and set(answers) <= {200, 503}
+        wait_until(h.system.supervisor.all_up, 10)

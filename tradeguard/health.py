@@ -37,6 +37,14 @@ class FeedStatus:
             self.network_errors += 1
             self.last_error = error
 
+    def count_attempt(self) -> None:
+        with self._lock:
+            self.reconnect_attempts += 1
+
+    def add_subscribed(self, symbols: list[str]) -> None:
+        with self._lock:
+            self.subscribed |= set(symbols)
+
     def count_rejects(self, reasons: list[str]) -> None:
         with self._lock:
             for reason in reasons:
