@@ -41,6 +41,7 @@ class CacheActor(GuardActor):
             for tick in message.ticks:
                 if self.services.cache.put(tick):
                     self._dirty.add(tick.symbol)
+                    self._stale.discard(tick.symbol)  # fresh again: the next crossing is news
         elif isinstance(message, Timer):
             self._persist()
             self._note_stale()

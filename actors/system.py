@@ -285,7 +285,9 @@ class System:
     def readings(self) -> Readings:
         now = time.time()
         s = self.services
-        live = [p for p in s.store.live_positions() if p.state.value == "open"]
+        # Closing and close_failed positions are still open at the broker, and
+        # a failed one is the one most in need of a price: all of them count.
+        live = s.store.live_positions()
         ages: dict[str, float] = {}
         stale = 0
         for p in live:
@@ -297,6 +299,7 @@ class System:
             if quote.freshness is not Freshness.FRESH:
                 stale += 1
         status = self.supervisor.status()
+        s.metrics.expect_actors(status)  # restart counters at 0 from the first scrape
         return Readings(
             feed_connected=s.feed_status.connected,
             feed_last_message_age=s.feed_status.last_message_age(),

@@ -10,7 +10,9 @@ here rather than from a [broker] config section because `running()` takes a
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 import statistics
 import threading
 import time
@@ -163,7 +165,7 @@ def test_breach_tick_to_order_latency(tmp_path: Path) -> None:
             frame = [(symbol, 99.0)] * 20 + [(symbol, 89.0)]
             sent = time.monotonic()
             h.exchange.send_ticks(frame)
-            wait_until(lambda: symbol in arrivals, 10)
+            wait_until(functools.partial(operator.contains, arrivals, symbol), 10)
             latencies.append((arrivals[symbol] - sent) * 1000)
         print(f"\ntick-to-order latency (paper broker, {len(latencies)} breaches): "
               f"min {min(latencies):.1f} ms, median {statistics.median(latencies):.1f} ms, "

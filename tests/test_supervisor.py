@@ -223,3 +223,20 @@ def test_many_threads_asking_while_children_crash(system: Any) -> None:
     assert len(results) == 12 * 30
     assert results.count("answered") > len(results) * 0.9
     wait_until(sup.all_up, 5.0)
+
+
+def test_a_fenced_incarnation_ignores_its_mailbox_when_it_wakes() -> None:
+    sup, services = make_supervisor(FAST, names=("A",))
+    sup.start()
+    try:
+        wait_until(sup.all_up, 5.0)
+        old = sup.handle("A")._ref
+        sup.inject_fault("A", "hang")
+        sup.handle("A").tell("late")  # queued behind the hang, in the old mailbox
+        wait_until(lambda: sup.status()["A"]["restarts"] == 1 and sup.all_up(), 5.0)
+        assert old is not None and sup.handle("A")._ref is not old
+        services.shutdown.set()  # wakes the hung thread, as a process stop would
+        wait_until(lambda: not old.is_alive(), 5.0)
+        assert "late" not in services.shared.received
+    finally:
+        sup.stop()

@@ -17,6 +17,7 @@ its client order id before sending anything for it.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,6 +79,8 @@ class Closer:
         self._observe = observe
         self._sleep = sleep
         self._clock = clock
+        self._alerted: set[int] = set()  # ids of positions whose failure this process alerted
+        self._alerted_lock = threading.Lock()
 
     def close(self, symbol: str, reason: str, hint: Tick | None = None) -> CloseResult:
         """Close the live position of `symbol`; PositionError 404/409/502 otherwise."""
@@ -150,6 +153,20 @@ class Closer:
         assert position.id is not None
         self._observe(position.reason or "emergency", "error")
         failed = self.store.fail_close(position.id, error)
-        # One alert per failure, not per sweep retry: only the first cycle raises it.
-        if failed is not None and position.close_attempts == 0:
+        if failed is not None and self._first_failure(position):
             self.alerts.alert(alerts.close_failed(position.symbol, self.max_retries + 1, error))
+
+    def _first_failure(self, position: Position) -> bool:
+        """True for the failure that raises the alert: once per position, not per round.
+
+        A failed round records `max_retries + 1` attempts, so more than
+        `max_retries` at claim time means an earlier round, perhaps in a process
+        killed since, has alerted; fewer means none has finished (a kill -9 in
+        the middle of the first). The set silences this process's later rounds.
+        """
+        assert position.id is not None
+        with self._alerted_lock:
+            if position.id in self._alerted or position.close_attempts > self.max_retries:
+                return False
+            self._alerted.add(position.id)
+            return True

@@ -196,7 +196,7 @@ class Story:
         for mark in (2.0, 4.0, OUTAGE):
             n.pause(down_at + mark - time.monotonic())
             attempts = self.guard.health()["websocket"]["reconnect_attempts"]
-            n.say(f"down {mark:.0f}s: {self.prices(*watched)}   (reconnect attempts: {attempts})")
+            n.say(f"down {mark:.0f}s  {self.prices(*watched)}   {attempts} reconnect attempts")
         stale = self.guard.health()["positions"]["stale"]
         if set(stale) != set(watched):
             raise TradeGuardError(f"stale positions {stale}, expected {list(watched)}")
@@ -269,11 +269,11 @@ class Story:
         status, answer = self.guard.call("POST", EMERGENCY, body)
         if status != 200:
             raise TradeGuardError(f"the emergency close answered {status}: {answer}")
-        n.until(lambda: self.alerted("position_closed", 2), WAIT, "the position-closed alert")
         n.say(f"With the token: {status}, bought back {answer['quantity']:g} at "
-              f"{self.money(answer['exit_price'])}\n(a price "
-              f"{duration(answer['price_age_seconds'])} old), P&L "
+              f"{self.money(answer['exit_price'])} (a price "
+              f"{duration(answer['price_age_seconds'])} old),\nP&L "
               f"{self.money(answer['pnl'], signed=True)}, broker order {answer['order_id']}.")
+        n.until(lambda: self.alerted("position_closed", 2), WAIT, "the position-closed alert")
 
     def crash(self) -> None:
         n = self.n

@@ -8,7 +8,7 @@ actors are up) come from `StateCollector`, which asks a callback for a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import (
@@ -21,7 +21,10 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from tradeguard.positions import REASONS
+
 PREFIX = "tradeguard_"
+CLOSE_RESULTS = ("ok", "error")  # as tradeguard.closing.Closer reports them
 
 
 @dataclass
@@ -107,6 +110,16 @@ class Metrics:
                                       "supervisor", ["actor"], registry=reg)
         self.notifications = Counter(PREFIX + "notifications", "Alert deliveries, by result",
                                      ["result"], registry=reg)
+        # Alert rules watch failed closes with increase(): a series that first
+        # appears at 1 shows no increase, so the first failure would go unseen.
+        for reason in REASONS:
+            for result in CLOSE_RESULTS:
+                self.position_closes.labels(reason=reason, result=result)
+
+    def expect_actors(self, names: Iterable[str]) -> None:
+        """Give every actor its restart counter at 0, so its first restart is an increase."""
+        for name in names:
+            self.actor_restarts.labels(actor=name)
 
     def add_state(self, read: Callable[[], Readings]) -> None:
         self.registry.register(StateCollector(read))

@@ -56,7 +56,7 @@ class SwitchableLookup:
 
 
 def fast_config(tmp_path: Path, exchange: SimExchange, dns: DnsServer,
-                telegram: TelegramServer | None, **sections: dict[str, Any]) -> Config:
+                telegram: TelegramServer | None, sections: dict[str, dict[str, Any]]) -> Config:
     raw: dict[str, dict[str, Any]] = {
         "feed": {"url": exchange.url_for(FEED_HOST), "ping_interval": 1.0, "ping_timeout": 0.5,
                  "silence_timeout": 3.0, "reconnect_initial_delay": 0.05,
@@ -150,7 +150,7 @@ def running(tmp_path: Path, *, telegram: bool = False, broker: Broker | None = N
         dns.set_record(TG_HOST, ["127.0.0.1"])
         tg = TelegramServer(BOT_TOKEN).start() if telegram else None
         try:
-            cfg = fast_config(tmp_path, exchange, dns, tg, **sections)
+            cfg = fast_config(tmp_path, exchange, dns, tg, sections)
             system = System(cfg, system_lookup=lookup, broker=broker, api_port=0)
             system.start()
             try:

@@ -75,7 +75,7 @@ class ServiceProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TRADEGUARD_")}
         env["PYTHONUNBUFFERED"] = "1"
         with self._stderr_path.open("ab") as err:
-            self._proc = subprocess.Popen(  # noqa: S603 - our own interpreter and CLI
+            self._proc = subprocess.Popen(
                 [sys.executable, "-m", "tradeguard.cli", "run", "--config",
                  str(self.config_path)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env,
@@ -130,7 +130,7 @@ class ServiceProcess:
         if token:
             request.add_header("Authorization", f"Bearer {token}")
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
                 return resp.status, json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"null")
