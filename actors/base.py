@@ -15,6 +15,7 @@ up it ignores its mailbox.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -126,6 +127,17 @@ class GuardActor(pykka.ThreadingActor):
         self._tickers.append(
             Ticker(self.actor_ref, f"{self.ctx.name}.{name}", interval, self.ctx.stop_event).start()
         )
+
+    def post(self, message: object) -> None:
+        """Tell this incarnation something from one of its own threads.
+
+        Dropped once the incarnation is fenced or dead: a worker finishing late
+        must not disturb the one that replaced it.
+        """
+        if self.ctx.fenced:
+            return
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.actor_ref.tell(message)
 
     # Pykka hooks -----------------------------------------------------------
 

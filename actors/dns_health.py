@@ -52,8 +52,7 @@ class DnsHealthActor(GuardActor):
     def _start_check(self) -> None:
         if self._worker is not None:
             return  # one check at a time; a request during a check is answered by it
-        ref, resolver, servers = self.actor_ref, self.services.resolver, self._servers()
-        host, stop = self._host, self.ctx.stop_event
+        resolver, servers, host = self.services.resolver, self._servers(), self._host
 
         def check() -> None:
             try:
@@ -62,8 +61,7 @@ class DnsHealthActor(GuardActor):
                 done = WorkerDone("dns", result=(system, results))
             except Exception as exc:  # noqa: BLE001 - handed to the actor, which raises it
                 done = WorkerDone("dns", error=exc)
-            if not stop.is_set():
-                ref.tell(done)
+            self.post(done)
 
         self._worker = threading.Thread(target=check, name="dns-health-check", daemon=True)
         self._worker.start()

@@ -83,8 +83,7 @@ class FeedActor(GuardActor):
             _Reader(self).run()
         except Exception as exc:
             logger.exception("[FEED] reader thread died")
-            if not self.ctx.fenced:
-                self.actor_ref.tell(ReaderDied(exc))
+            self.post(ReaderDied(exc))
 
     def take_unsent(self, everything: bool) -> list[str]:
         with self._lock:

@@ -161,14 +161,9 @@ class MonitorActor(GuardActor):
             job: Future[Any] = self._pool.submit(closer.reconcile, position)
         else:
             job = self._pool.submit(closer.close, symbol, reason, hint)
-        ref = self.actor_ref
-
         def done(future: Future[Any]) -> None:
-            if future.cancelled():
-                return
-            error = future.exception()
-            if not self.ctx.fenced:
-                ref.tell(WorkerDone("close", error=error, extra={"symbol": symbol}))
+            if not future.cancelled():
+                self.post(WorkerDone("close", error=future.exception(), extra={"symbol": symbol}))
 
         job.add_done_callback(done)
 

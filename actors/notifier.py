@@ -83,7 +83,7 @@ class NotifierActor(GuardActor):
             self._start_sender(list(plan.messages))
 
     def _start_sender(self, messages: list[Message]) -> None:
-        transport, ref, stop = self._transport, self.actor_ref, self.ctx.stop_event
+        transport, stop = self._transport, self.ctx.stop_event
         assert transport is not None
 
         def send_all() -> None:
@@ -105,8 +105,7 @@ class NotifierActor(GuardActor):
                     outcomes.append((message, None, str(exc)))
                     break
                 outcomes.append((message, None, None))
-            if not stop.is_set():
-                ref.tell(WorkerDone("send", result=outcomes))
+            self.post(WorkerDone("send", result=outcomes))
 
         self._sender = threading.Thread(target=send_all, name="notifier-send", daemon=True)
         self._sender.start()
