@@ -29,7 +29,7 @@ from actors.messages import Durable, Fault, Ping, Timer
 
 if TYPE_CHECKING:
     from actors.services import Services
-    from actors.supervisor import ChildHandle
+    from actors.handle import ChildHandle
 
 logger = logging.getLogger(__name__)
 

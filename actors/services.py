@@ -26,7 +26,7 @@ from tradeguard.store import Store
 from tradeguard.web.ports import GuardApi
 
 if TYPE_CHECKING:
-    from actors.supervisor import ChildHandle
+    from actors.handle import ChildHandle
 
 
 class Faults:
