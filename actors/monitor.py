@@ -38,6 +38,7 @@ class MonitorActor(GuardActor):
         self._in_flight: set[str] = set()
         self._stale_noted: set[str] = set()
         self._blind_alerted: dict[str, float] = {}
+        self._blind_since: dict[str, float] = {}
         self._failed_tried: dict[str, float] = {}
         self._started = time.time()
         self._pool = ThreadPoolExecutor(CLOSE_WORKERS, thread_name_prefix="close")
@@ -100,7 +101,7 @@ class MonitorActor(GuardActor):
                 blind.add(symbol)
                 self._on_blind(position, quote, now)
                 continue
-            self._blind_alerted.pop(symbol, None)
+            self._clear_blind(position, quote, now)
             if quote.freshness is Freshness.STALE:
                 stale.add(symbol)
                 self._on_stale(position, quote)
@@ -130,6 +131,7 @@ class MonitorActor(GuardActor):
                                                       currency=currency))
 
     def _on_blind(self, position: Position, quote: Quote | None, now: float) -> None:
+        self._blind_since.setdefault(position.symbol, now)
         last = self._blind_alerted.get(position.symbol)
         policy = self.services.cfg.monitor.blind_policy
         if last is None or now - last >= self.services.blind_repeat:
@@ -141,6 +143,15 @@ class MonitorActor(GuardActor):
                 policy, currency=self.services.cfg.display.currency))
         if policy == "close":
             self._submit(position.symbol, "blind", None)
+
+    def _clear_blind(self, position: Position, quote: Quote, now: float) -> None:
+        if position.symbol not in self._blind_since:
+            return
+        since = self._blind_since.pop(position.symbol)
+        self._blind_alerted.pop(position.symbol, None)
+        self.services.alerts.alert(alerts.position_priced_again(
+            position.symbol, quote.price, now - since,
+            currency=self.services.cfg.display.currency))
 
     def _retry_failed(self, position: Position, now: float) -> None:
         if now - self._failed_tried.get(position.symbol, 0.0) < FAILED_RETRY:
@@ -178,6 +189,11 @@ class MonitorActor(GuardActor):
         elif error is not None:
             logger.error("[MONITOR] close of %s raised %r", symbol, error)
         self._reload()
+        position = self._positions.get(symbol)
+        if error is not None and position is not None and position.state is State.CLOSING:
+            # The worker died between claim and record (a store error, a bug): ask the
+            # broker about the client order id and finish the close, as after a crash.
+            self._submit(symbol, "reconcile", None)
 
     def _reload(self) -> None:
         live = self.services.store.live_positions()

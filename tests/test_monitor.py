@@ -110,6 +110,10 @@ def test_blind_alert_repeats_and_close_policy_closes(tmp_path: Path) -> None:
         assert h.position("AAA").state.value == "open"  # policy "alert" never closes
         _, health = h.call("GET", "/api/v1/monitoring/connection-health")
         assert health["positions"]["blind"] == ["AAA"]
+        h.exchange.start()
+        wait_until(lambda: h.system.services.feed_status.connected, 10)
+        h.exchange.send_tick("AAA", 100.5)
+        wait_until(lambda: any("AAA: priced again" in t for _, t in h.telegram.messages), 10)
 
     with running(tmp_path / "close", prices={"stale_warning_threshold": 0.2,
                                              "cache_timeout": 0.5},

@@ -84,7 +84,7 @@ class Service:
         if token:
             request.add_header("Authorization", f"Bearer {token}")
         try:
-            with urllib.request.urlopen(request, timeout=5) as resp:  # noqa: S310
+            with urllib.request.urlopen(request, timeout=5) as resp:
                 return int(resp.status)
         except urllib.error.HTTPError as exc:
             return exc.code
@@ -118,7 +118,7 @@ def service(tmp_path: Path) -> Iterator[list[Service]]:
 def test_a_public_host_without_a_token_exits_78_and_starts_nothing(
     tmp_path: Path, exchange: SimExchange, service: list[Service]
 ) -> None:
-    write_config(tmp_path, exchange, host="0.0.0.0", token="")  # noqa: S104
+    write_config(tmp_path, exchange, host="0.0.0.0", token="")
     svc = Service(tmp_path)
     service.append(svc)
     assert svc.proc.wait(30) == EX_CONFIG, svc.stderr
@@ -130,7 +130,7 @@ def test_a_public_host_without_a_token_exits_78_and_starts_nothing(
 def test_a_public_host_with_a_token_starts_and_guards_its_reads(
     tmp_path: Path, exchange: SimExchange, service: list[Service]
 ) -> None:
-    port = write_config(tmp_path, exchange, host="0.0.0.0", token=API_TOKEN)  # noqa: S104
+    port = write_config(tmp_path, exchange, host="0.0.0.0", token=API_TOKEN)
     svc = Service(tmp_path)
     service.append(svc)
     svc.wait_healthy(port)

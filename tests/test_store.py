@@ -358,3 +358,13 @@ def test_sent_alerts_are_pruned_to_the_newest_ones(store: Store) -> None:
     assert len(sent) == KEEP_SENT_ALERTS
     assert sorted(a.id for a in sent) == ids[total - KEEP_SENT_ALERTS : total]
     assert [a.id for a in store.pending_alerts()] == ids[total:]  # unsent ones never pruned
+
+
+def test_pending_alerts_include_every_critical_behind_a_long_backlog(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    for i in range(150):
+        store.enqueue_alert("price_stale", "warning", f"warn {i}", float(i))
+    store.enqueue_alert("position_blind", "critical", "blind!", 200.0)
+    pending = store.pending_alerts(100)
+    assert [e.text for e in pending][-1] == "blind!"
+    assert len(pending) == 101 and [e.id for e in pending] == sorted(e.id for e in pending)

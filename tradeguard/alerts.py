@@ -153,6 +153,17 @@ def position_blind(
     )
 
 
+def position_priced_again(
+    symbol: str, price: float, blind_seconds: float, currency: str = "₹"
+) -> Alert:
+    return _alert(
+        "position_priced", Severity.INFO,
+        f"{symbol}: priced again",
+        f"Live price {money(price, currency)} after {duration(blind_seconds)} blind.",
+        "Stops are checked on every tick again; nothing to do.",
+    )
+
+
 def position_closed(
     symbol: str,
     side: str,

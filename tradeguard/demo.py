@@ -240,7 +240,8 @@ class Story:
               f"({closed['reason']}), P&L {self.money(closed['pnl'], signed=True)}.")
         self.more_ticks(6)
         status, answer = self.guard.call("POST", EMERGENCY, {"symbol": symbol})
-        closes = self.guard.metric("tradeguard_position_closes_total", reason="stop_loss")
+        closes = self.guard.metric("tradeguard_position_closes_total", reason="stop_loss",
+                                   result="ok")
         orders = self.broker_orders(closed["client_order_id"])
         n.say(f"More ticks below the stop change nothing: {closes:g} stop-loss close,\n"
               f"{orders} broker order (client order id {closed['client_order_id']}).\n"
@@ -317,7 +318,8 @@ class Story:
         restarts = {a: s["restarts"] for a, s in health["actors"].items() if s["restarts"]}
         fallbacks = self.guard.metric("tradeguard_dns_resolutions_total", via="fallback",
                                       result="ok")
-        stop_losses = self.guard.metric("tradeguard_position_closes_total", reason="stop_loss")
+        stop_losses = self.guard.metric("tradeguard_position_closes_total", reason="stop_loss",
+                                        result="ok")
         lines += [
             f"Realised P&L:      {self.money(total, signed=True)}",
             f"Stop-loss closes:  {stop_losses:g} ({LONG['symbol']}, one broker order)",

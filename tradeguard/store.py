@@ -342,8 +342,11 @@ class Store:
             return int(cur.lastrowid or 0)
 
     def pending_alerts(self, limit: int = 100) -> list[OutboxEntry]:
+        # Every pending critical, however long the backlog of lesser alerts ahead of it.
         rows = self._query(
-            "SELECT * FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT ?", (limit,)
+            "SELECT * FROM outbox WHERE sent_at IS NULL AND (severity = 'critical' OR id IN"
+            " (SELECT id FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT ?)) ORDER BY id",
+            (limit,),
         )
         return [OutboxEntry(**dict(r)) for r in rows]
 
