@@ -206,6 +206,8 @@ def market() -> Iterator[SimMarket]:
 def write_config(path: Path, market: SimMarket, store: Path, port: int,
                  **sections: dict[str, Any]) -> Path:
     raw = market.config_sections()
+    # A literal IP: the process under test must not ask this host's resolver (off loopback).
+    raw["feed"]["url"] = market.exchange.url_for("127.0.0.1")
     raw["feed"].update(reconnect_initial_delay=0.1, reconnect_max_delay=0.5, ping_interval=1.0,
                        ping_timeout=0.5, silence_timeout=3.0, connect_timeout=2.0)
     raw["dns"].update(system_head_start=0.05, timeout=1.0)

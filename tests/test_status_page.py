@@ -27,7 +27,7 @@ CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = "/usr/bin/chromedriver"
 CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run", "--window-size=1280,900"]
+                "--disable-sync", "--no-first-run", "--window-size=1280,1500"]
 
 pytestmark = [
     pytest.mark.browser,
@@ -61,6 +61,12 @@ def text(browser: Any, selector: str) -> str:
     from selenium.webdriver.common.by import By
 
     return str(browser.find_element(By.CSS_SELECTOR, selector).text)
+
+
+def class_of(browser: Any, selector: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    return str(browser.find_element(By.CSS_SELECTOR, selector).get_attribute("class"))
 
 
 def page_errors(browser: Any) -> list[str]:
@@ -105,6 +111,11 @@ def test_the_page_follows_a_tick_and_a_price_going_stale_without_a_reload(
         assert "Stale price: BOSCHLTD" in text(browser, "#summary")
         browser.save_screenshot(str(tmp_path / "status-page-stale.png"))
 
+        h.exchange.stop()
+        wait_until(lambda: text(browser, "#feed-connected") == "DISCONNECTED", 10)
+        assert class_of(browser, "#feed-connected") == "down"  # red, not the green of "up"
+        assert "Feed disconnected" in text(browser, "#summary")
+
         assert browser.execute_script("return window.notReloaded === true")
         refreshes = int(browser.execute_script("return document.body.dataset.refreshes"))
         assert refreshes > first_refresh
@@ -131,6 +142,9 @@ def test_a_protected_page_asks_for_the_token_first(browser: Any, tmp_path: Path)
         wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, 'tr[data-symbol="INFY"]'), 10,
                    message="the page did not show the positions once given the token")
         assert text(browser, 'tr[data-symbol="INFY"] .price') == "₹1,500.00"
+        # Drawn by the script alone (the server sent an empty page): states keep their colours.
+        assert class_of(browser, "#feed-connected") == "up"
+        assert class_of(browser, "#dns-system") == "down"
         assert API_TOKEN not in browser.page_source
         browser.save_screenshot(str(tmp_path / "status-page-token.png"))
         # A 401 logs a console error by itself; anything else would be the page's fault.

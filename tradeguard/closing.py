@@ -140,9 +140,9 @@ class Closer:
             closed = self.store.position(position.id) or position
             return CloseResult(closed, fill)
         self._observe(closed.reason or "emergency", "ok")
-        logger.warning("[CLOSE] %s closed at %s%.2f (%s), P&L %s%.2f, order %s",
-                       closed.symbol, self.currency, fill.fill_price, closed.reason,
-                       self.currency, result, fill.order_id)
+        logger.warning("[CLOSE] %s closed at %s (%s), P&L %s, order %s", closed.symbol,
+                       alerts.money(fill.fill_price, self.currency), closed.reason,
+                       alerts.money(result, self.currency, signed=True), fill.order_id)
         self.alerts.alert(alerts.position_closed(
             closed.symbol, closed.side.value, closed.quantity, reason=closed.reason or "emergency",
             exit_price=fill.fill_price, pnl=result, price_age=fill.price_age,

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import FrameType
@@ -40,10 +40,10 @@ EX_INTERRUPTED = 130
 
 PRICES = {"BOSCHLTD": 735.0, "INFY": 1520.0, "RELIANCE": 2950.0}
 SEED = 7  # the same random walk every run
-LONG: dict[str, Any] = {"symbol": "BOSCHLTD", "side": "long", "quantity": 10, "entry_price": 735.0,
-        "stop_loss": 700.0, "take_profit": 800.0}
-SHORT: dict[str, Any] = {"symbol": "INFY", "side": "short", "quantity": 5, "entry_price": 1520.0,
-         "stop_loss": 1600.0, "take_profit": 1450.0}
+LONG: dict[str, Any] = {"symbol": "BOSCHLTD", "side": "long", "quantity": 10,
+                        "entry_price": 735.0, "stop_loss": 700.0, "take_profit": 800.0}
+SHORT: dict[str, Any] = {"symbol": "INFY", "side": "short", "quantity": 5,
+                         "entry_price": 1520.0, "stop_loss": 1600.0, "take_profit": 1450.0}
 SLIDE = (718.0, 706.0, 698.6)  # BOSCHLTD's fall through its stop-loss
 CRASHED = "CacheActor"
 STALE_AFTER = 3.0  # prices.stale_warning_threshold, short enough to see within the outage
@@ -52,6 +52,7 @@ WAIT = 20.0  # the longest any one event may take before the demo calls it faile
 QUOTED = ("[DNS] System DNS failed", "[DNS] Resolved", "[FALLBACK]", "[MONITOR]")
 QUOTED_ONCE = ("[DNS] System DNS failed", "[DNS] Resolved")  # these repeat on every reconnect
 EMERGENCY = "/api/v1/monitoring/emergency-close-position"
+LOG_TAIL = 40  # lines of TradeGuard's log shown when the demo fails
 
 
 def demo_config(market: SimMarket, store_dir: Path, token: str) -> Config:
@@ -355,22 +356,21 @@ def run_demo(keep_running: bool = False) -> int:
 def _run(store_dir: Path, quotes: LogQuotes, keep_running: bool) -> int:
     started = time.monotonic()
     print("TradeGuard demo: the real service against a simulated exchange on this machine,\n"
-          "with the network failing on purpose. It takes about half a minute.", flush=True)
+          "with the network failing on purpose. It takes about 15 seconds.", flush=True)
     with ExitStack() as stack:
-        market = SimMarket(PRICES, seed=SEED).start()
-        stack.callback(_uninterrupted, market.stop)
-        cfg = demo_config(market, store_dir, secrets.token_urlsafe(24))
-        system = System(cfg, api_port=0)
-        stack.callback(_uninterrupted, system.stop)
-        system.start()
-        _wait_up(system)
-        guard = GuardClient(f"http://127.0.0.1:{system.services.api_port}", system.api_token)
-        narrator = Narrator(guard, quotes, once=QUOTED_ONCE, started=started)
         try:
+            market = SimMarket(PRICES, seed=SEED).start()
+            stack.callback(_uninterrupted, market.stop)
+            system = System(demo_config(market, store_dir, secrets.token_urlsafe(24)), api_port=0)
+            stack.callback(_uninterrupted, system.stop)
+            system.start()
+            _wait_up(system)
+            guard = GuardClient(f"http://127.0.0.1:{system.services.api_port}",
+                                system.api_token)
+            narrator = Narrator(guard, quotes, once=QUOTED_ONCE, started=started)
             Story(system, market, guard, narrator).tell()
         except TradeGuardError as exc:
-            print(f"\nDEMO FAILED: {exc}\nThe log: {store_dir / 'tradeguard.log'} "
-                  "(deleted on exit).", file=sys.stderr, flush=True)
+            _report_failure(exc, store_dir / "tradeguard.log")
             return EX_SOFTWARE
         if keep_running:
             _serve(narrator, store_dir)
@@ -378,6 +378,13 @@ def _run(store_dir: Path, quotes: LogQuotes, keep_running: bool) -> int:
             print(f"\nDone in {duration(narrator.elapsed())}: every step happened as told.",
                   flush=True)
     return EX_OK
+
+
+def _report_failure(exc: TradeGuardError, log: Path) -> None:
+    """Say what did not happen, with the end of TradeGuard's log (the temp dir goes away)."""
+    tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-LOG_TAIL:]
+    print(f"\nDEMO FAILED: {exc}\nThe last lines of TradeGuard's log:", file=sys.stderr)
+    print("\n".join(tail), file=sys.stderr, flush=True)
 
 
 def _wait_up(system: System) -> None:
@@ -409,7 +416,7 @@ def _serve(narrator: Narrator, store_dir: Path) -> None:
         print("\nStopping.", flush=True)
 
 
-def _uninterrupted(stop: Any) -> None:
+def _uninterrupted(stop: Callable[[], None]) -> None:
     """Run a stop function with Ctrl-C held off, so a second Ctrl-C cannot half-stop it."""
     if threading.current_thread() is not threading.main_thread():
         stop()

@@ -36,15 +36,13 @@ BINARY = websocket.ABNF.OPCODE_BINARY
 PING = websocket.ABNF.OPCODE_PING
 PONG = websocket.ABNF.OPCODE_PONG
 _CLOSE = websocket.ABNF.OPCODE_CLOSE
-_DATA = (TEXT, BINARY, websocket.ABNF.OPCODE_CONT)
+_CONT = websocket.ABNF.OPCODE_CONT
+_FIN_TEXT = 0x80 | TEXT
+
+RECV_BYTES = 1 << 18  # one read takes ~4,000 one-tick frames or ~80 fifty-tick ones
+MAX_MESSAGE_BYTES = 1 << 24  # far above any tick frame; bounds what a broken peer makes us hold
 
 Frame = tuple[int, str | bytes]
-
-# A failure met after some frames were already read is raised by the next
-# call, so that those frames (ticks that may breach a stop) reach the caller.
-_pending_failures: weakref.WeakKeyDictionary[websocket.WebSocket, FeedError] = (
-    weakref.WeakKeyDictionary()
-)
 
 
 def open_feed(
@@ -115,55 +113,163 @@ def read_batch(ws: websocket.WebSocket, max_frames: int) -> list[Frame]:
     Returns (opcode, data) pairs in arrival order: TEXT frames as str, BINARY
     as bytes, and PING and PONG (a PING is answered here; both are reported
     because any frame shows the peer is alive). An empty list means the
-    socket timeout passed with no complete frame; a partly received frame is
-    kept for the next call.
+    socket timeout passed with no complete frame; a partly received frame,
+    and frames past `max_frames`, are kept for the next call.
 
     Raises FeedError when the peer closed the connection, the connection
     failed, or the peer broke the protocol (a text frame that is not UTF-8
     included). The WebSocket is then shut down. If frames were read before
     the failure, they are returned first and the next call raises.
     """
-    failure = _pending_failures.pop(ws, None)
-    if failure is not None:
+    inbox = _inboxes.get(ws)
+    if inbox is None:
+        inbox = _inboxes[ws] = _Inbox()
+    if inbox.failure is not None:
+        failure, inbox.failure = inbox.failure, None
         raise failure
     batch: list[Frame] = []
     try:
+        inbox.take_frames(ws, batch, max_frames)
         while not batch:
-            frame = _next_frame(ws)
-            if frame is None:
+            if not inbox.receive(ws, wait=True):
                 return batch
-            _take(ws, frame, batch)
-        buffered = _buffered_check(ws.sock)
-        while len(batch) < max_frames and buffered():
-            frame = _next_frame(ws)
-            if frame is None:  # a frame cut short by the network: finish it next call
-                break
-            _take(ws, frame, batch)
+            inbox.take_frames(ws, batch, max_frames)
+        readable = _readable(ws.sock)
+        while len(batch) < max_frames and readable():
+            inbox.receive(ws, wait=False)
+            inbox.take_frames(ws, batch, max_frames)
     except FeedError as exc:
         ws.shutdown()  # type: ignore[no-untyped-call]
         if not batch:
             raise
-        _pending_failures[ws] = exc
+        inbox.failure = exc  # the frames before it (ticks that may breach a stop) go first
     return batch
 
 
-def _next_frame(ws: websocket.WebSocket) -> websocket.ABNF | None:
-    """The next frame off the wire, None when the socket timeout passed first."""
-    try:
-        return ws.recv_frame()  # type: ignore[no-untyped-call,no-any-return]
-    except websocket.WebSocketTimeoutException:
-        return None
-    except (websocket.WebSocketException, OSError) as exc:
-        raise FeedError(f"feed connection failed: {exc or type(exc).__name__}") from exc
+class _Inbox:
+    """What one WebSocket received and `read_batch` has not returned yet.
+
+    The socket is drained with large reads and frames are cut out of the
+    buffer here: websocket-client reads every frame with two or three system
+    calls of exactly the bytes it needs, which costs more than all the rest
+    of handling a one-tick frame.
+    """
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.fragments: list[bytes] = []  # a fragmented message so far (RFC 6455 §5.4)
+        self.fragment_opcode = 0
+        self.failure: FeedError | None = None
+
+    def receive(self, ws: websocket.WebSocket, *, wait: bool) -> bool:
+        """Append what the socket holds; False if `wait` and the socket timeout passed."""
+        sock = ws.sock
+        if sock is None:
+            raise FeedError("feed connection failed: socket is already closed")
+        try:
+            chunk = sock.recv(RECV_BYTES)
+        except (TimeoutError, ssl.SSLWantReadError):
+            if wait:
+                return False
+            return True  # readable was only a TLS record's header: the rest comes later
+        except OSError as exc:
+            raise FeedError(f"feed connection failed: {exc or type(exc).__name__}") from exc
+        if not chunk:
+            raise FeedError("feed connection failed: Connection to remote host was lost.")
+        self.data = self.data + chunk if self.data else chunk
+        return True
+
+    def take_frames(self, ws: websocket.WebSocket, batch: list[Frame], max_frames: int) -> None:
+        """Move the complete frames in the buffer to `batch`, up to `max_frames`."""
+        data, pos, end = self.data, 0, len(self.data)
+        try:
+            while len(batch) < max_frames and end - pos >= 2:
+                head, length = _frame_size(data, pos, end)
+                if head == 0 or end - pos < head + length:
+                    break  # the rest of this frame is still on its way
+                first = data[pos]
+                payload = data[pos + head:pos + head + length]
+                pos += head + length
+                if first == _FIN_TEXT and not self.fragment_opcode:
+                    batch.append(_message(TEXT, payload))  # the usual frame, first
+                else:
+                    self._take(ws, first, payload, batch)
+        finally:
+            self.data = data[pos:]
+
+    def _take(self, ws: websocket.WebSocket, first: int, payload: bytes,
+              batch: list[Frame]) -> None:
+        fin, opcode = first & 0x80, first & 0x0F
+        if first & 0x70:
+            raise _broken("reserved bits set without an extension")
+        if opcode in (TEXT, BINARY):
+            if self.fragment_opcode:
+                raise _broken("a new message inside a fragmented one")
+            if fin:
+                batch.append(_message(opcode, payload))
+            else:
+                self.fragment_opcode, self.fragments = opcode, [payload]
+        elif opcode == _CONT:
+            if not self.fragment_opcode:
+                raise _broken("a continuation frame with no message to continue")
+            self.fragments.append(payload)
+            if sum(map(len, self.fragments)) > MAX_MESSAGE_BYTES:
+                raise _broken(f"a message over {MAX_MESSAGE_BYTES} bytes")
+            if fin:
+                message = b"".join(self.fragments)
+                opcode, self.fragment_opcode, self.fragments = self.fragment_opcode, 0, []
+                batch.append(_message(opcode, message))
+        elif opcode in (PING, PONG, _CLOSE):
+            if not fin or len(payload) > 125:
+                raise _broken("a fragmented or oversized control frame")
+            _control(ws, opcode, payload, batch)
+        else:
+            raise _broken(f"unknown opcode {opcode}")
 
 
-def _buffered_check(sock: socket.socket | None) -> Callable[[], bool]:
+# What each open WebSocket received and read_batch has not returned yet.
+_inboxes: weakref.WeakKeyDictionary[websocket.WebSocket, _Inbox] = weakref.WeakKeyDictionary()
+
+
+def _frame_size(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    """(header bytes, payload bytes) of the frame at `pos`; (0, 0) if its header is cut."""
+    second = data[pos + 1]
+    if second & 0x80:
+        raise _broken("a masked frame from the server")
+    length = second & 0x7F
+    if length < 126:
+        return 2, length
+    head = 4 if length == 126 else 10
+    if end - pos < head:
+        return 0, 0
+    length = int.from_bytes(data[pos + 2:pos + head], "big")
+    if length > MAX_MESSAGE_BYTES:
+        raise _broken(f"a frame over {MAX_MESSAGE_BYTES} bytes")
+    return head, length
+
+
+def _control(ws: websocket.WebSocket, opcode: int, payload: bytes, batch: list[Frame]) -> None:
+    if opcode == PING:
+        _send_control(ws, payload, PONG)
+        batch.append((PING, payload))
+    elif opcode == PONG:
+        batch.append((PONG, payload))
+    else:
+        reason = _close_reason(payload)
+        logger.info("Feed closed the connection: %s", reason)
+        _send_control(ws, payload[:2], _CLOSE)  # echo the status, as RFC 6455 §5.5.1 asks
+        raise FeedError(f"feed closed the connection: {reason}")
+
+
+def _broken(what: str) -> FeedError:
+    return FeedError(f"feed broke the WebSocket protocol: {what}")
+
+
+def _readable(sock: socket.socket | None) -> Callable[[], bool]:
     """A check whether a read would find data without waiting for the network.
 
-    websocket-client asks the socket for exactly the bytes a frame needs, so
-    nothing waits in its own buffer between frames; but TLS decrypts a whole
-    record at once, and the rest of it sits in the SSL object where poll()
-    cannot see it.
+    TLS decrypts a whole record at once, and the rest of it sits in the SSL
+    object where poll() cannot see it.
     """
     if sock is None:
         return lambda: False
@@ -173,35 +279,6 @@ def _buffered_check(sock: socket.socket | None) -> Callable[[], bool]:
         tls = sock
         return lambda: tls.pending() > 0 or bool(poller.poll(0))
     return lambda: bool(poller.poll(0))
-
-
-def _take(ws: websocket.WebSocket, frame: websocket.ABNF, batch: list[Frame]) -> None:
-    opcode = frame.opcode
-    if opcode in _DATA:
-        try:
-            ws.cont_frame.validate(frame)
-        except websocket.WebSocketProtocolException as exc:
-            raise FeedError(f"feed broke the WebSocket protocol: {exc}") from exc
-        ws.cont_frame.add(frame)
-        if ws.cont_frame.is_fire(frame):
-            opcode, message = ws.cont_frame.extract(frame)
-            batch.append(_message(opcode, _payload(message)))
-    elif opcode == PING:
-        _send_control(ws, _payload(frame), PONG)
-        batch.append((PING, _payload(frame)))
-    elif opcode == PONG:
-        batch.append((PONG, _payload(frame)))
-    elif opcode == _CLOSE:
-        reason = _close_reason(_payload(frame))
-        logger.info("Feed closed the connection: %s", reason)
-        _send_control(ws, _payload(frame)[:2], _CLOSE)  # echo the status, as RFC 6455 §5.5.1 asks
-        raise FeedError(f"feed closed the connection: {reason}")
-
-
-def _payload(frame: websocket.ABNF) -> bytes:
-    # Received frames carry bytes; ABNF's type also allows str for frames being sent.
-    data = frame.data
-    return data if isinstance(data, bytes) else data.encode()
 
 
 def _message(opcode: int, data: bytes) -> Frame:

@@ -57,7 +57,8 @@
   function field(row, selector, text, base, extra) {
     const el = row.querySelector(selector);
     setText(el, text);
-    if (base) setClasses(el, base, extra || []);
+    // base "" (an element with no class of its own) still gets its state classes.
+    if (base !== undefined) setClasses(el, base, extra || []);
     return el;
   }
   function clone(templateId) {
