@@ -28,8 +28,8 @@ import pykka
 from actors.messages import Durable, Fault, Ping, Timer
 
 if TYPE_CHECKING:
-    from actors.services import Services
     from actors.handle import ChildHandle
+    from actors.services import Services
 
 logger = logging.getLogger(__name__)
 

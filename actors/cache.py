@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import operator
 import time
 
 from actors.base import GuardActor
@@ -13,6 +14,7 @@ from tradeguard.prices import Freshness
 logger = logging.getLogger(__name__)
 
 PERSIST_EVERY = 1.0
+_SYMBOL = operator.attrgetter("symbol")
 
 
 class CacheActor(GuardActor):
@@ -38,7 +40,10 @@ class CacheActor(GuardActor):
 
     def handle(self, message: object) -> object:
         if isinstance(message, TickBatch):
-            for tick in message.ticks:
+            # Only a symbol's last tick stays cached, and under load a batch holds
+            # thousands of ticks for a few hundred symbols: one put per symbol.
+            latest = dict(zip(map(_SYMBOL, message.ticks), message.ticks))
+            for tick in latest.values():
                 if self.services.cache.put(tick):
                     self._dirty.add(tick.symbol)
                     self._stale.discard(tick.symbol)  # fresh again: the next crossing is news

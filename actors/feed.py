@@ -31,14 +31,14 @@ from tradeguard import alerts
 from tradeguard.backoff import Backoff
 from tradeguard.errors import FeedError, ResolverError
 from tradeguard.feed_connection import open_feed, read_batch
-from tradeguard.feed_protocol import parse_frame, subscribe_frame
-from tradeguard.prices import Tick
+from tradeguard.feed_protocol import parse_frames, subscribe_frame
 
 logger = logging.getLogger(__name__)
 
 MAX_BATCH_FRAMES = 500
 READ_TIMEOUT = 0.25  # how often the reader looks at its watchdogs when the feed is quiet
 REJECT_LOG_EVERY = 10.0
+_DATA_OPCODES = (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY)
 
 
 @dataclass(frozen=True)
@@ -203,21 +203,16 @@ class _Reader:
 
     def _forward(self, frames: list[tuple[int, bytes | str]], received: float) -> None:
         self.status.last_message_mono = received
-        wall = time.time()
-        ticks: list[Tick] = []
-        rejects: list[str] = []
-        for opcode, data in frames:
-            if opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
-                parsed = parse_frame(data, wall)
-                ticks.extend(parsed.ticks)
-                rejects.extend(parsed.rejects)
-        if rejects:
-            self._count_rejects(rejects)
-        if ticks:
-            self.services.metrics.feed_ticks.inc(len(ticks))
-            batch = TickBatch(tuple(ticks), received)
+        parsed = parse_frames([data for opcode, data in frames if opcode in _DATA_OPCODES],
+                              time.time())
+        if parsed.rejects:
+            self._count_rejects(parsed.rejects)
+        if parsed.ticks:
+            batch = TickBatch(tuple(parsed.ticks), received)
             self.ctx.tell("CacheActor", batch)
             self.ctx.tell("MonitorActor", batch)
+            # Counted once told, so the count never runs ahead of the actors' mailboxes.
+            self.services.metrics.feed_ticks.inc(len(parsed.ticks))
 
     def _count_rejects(self, rejects: list[str]) -> None:
         self.status.count_rejects(rejects)

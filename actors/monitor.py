@@ -15,6 +15,8 @@ happen once whichever thread or incarnation gets there.
 from __future__ import annotations
 
 import logging
+import math
+import operator
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -23,13 +25,21 @@ from actors.base import GuardActor
 from actors.messages import PositionsChanged, Subscribe, TickBatch, Timer, WorkerDone
 from tradeguard import alerts
 from tradeguard.errors import PositionError, TradeGuardError
-from tradeguard.positions import Position, State, trigger
+from tradeguard.positions import Position, Side, State, trigger
 from tradeguard.prices import Freshness, Quote, Tick
 
 logger = logging.getLogger(__name__)
 
 FAILED_RETRY = 5.0  # seconds between sweep retries of a close_failed position
 CLOSE_WORKERS = 4
+_SYMBOL = operator.attrgetter("symbol")
+
+
+def _band(position: Position) -> tuple[float, float]:
+    """The open interval of prices at which `trigger` fires neither level."""
+    low, high = ((position.stop_loss, position.take_profit) if position.side is Side.LONG
+                 else (position.take_profit, position.stop_loss))
+    return (-math.inf if low is None else low, math.inf if high is None else high)
 
 
 class MonitorActor(GuardActor):
@@ -71,10 +81,17 @@ class MonitorActor(GuardActor):
 
     def _on_ticks(self, batch: TickBatch) -> None:
         positions = self._positions
+        # Under load a batch holds thousands of ticks: each is compared with its
+        # position's band, built once per batch, and only a tick outside the
+        # band goes through the stop rules.
+        bands = {symbol: _band(position)
+                 for symbol in set(map(_SYMBOL, batch.ticks)) & positions.keys()
+                 if (position := positions[symbol]).state is State.OPEN}
         for tick in batch.ticks:
-            position = positions.get(tick.symbol)
-            if position is None or position.state is not State.OPEN:
+            band = bands.get(tick.symbol)
+            if band is None or band[0] < tick.price < band[1]:
                 continue
+            position = positions[tick.symbol]
             reason = trigger(position, tick.price)
             if reason is not None and tick.symbol not in self._in_flight:
                 logger.warning("[MONITOR] %s %s at %.4f crosses its %s", position.side.value,

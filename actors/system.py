@@ -134,6 +134,7 @@ class System:
         for name, actor_cls in CHILDREN:
             self.supervisor.add(ChildSpec(name, _factory(actor_cls)))
         self.services.handles = self.supervisor.handles
+        metrics.expect_actors(self.services.handles)  # restart counters at 0 from the start
         metrics.add_state(self.readings)
 
     # Life cycle ---------------------------------------------------------------
@@ -205,7 +206,8 @@ class System:
         if current is None:
             raise PositionError(f"{symbol}: no open position", 404)
         if current.state.value == "closing":
-            raise PositionError(f"{symbol}: a close is under way", 409)
+            # SPEC §6 gives PATCH no 409: a position being closed is no longer open.
+            raise PositionError(f"{symbol}: no open position (a close is under way)", 404)
         updated = self.services.store.update_levels(levels_from_request(body, current))
         self._positions_changed(symbol)
         return updated.as_json()
@@ -299,7 +301,6 @@ class System:
             if quote.freshness is not Freshness.FRESH:
                 stale += 1
         status = self.supervisor.status()
-        s.metrics.expect_actors(status)  # restart counters at 0 from the first scrape
         return Readings(
             feed_connected=s.feed_status.connected,
             feed_last_message_age=s.feed_status.last_message_age(),

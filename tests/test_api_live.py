@@ -270,7 +270,7 @@ def test_close_errors(live: Harness, client: Client) -> None:
     assert failed["state"] == "close_failed" and failed["exit_price"] is None
 
 
-def test_a_close_under_way_is_409_for_a_second_close_and_a_patch(
+def test_a_close_under_way_is_409_for_a_second_close_and_404_for_a_patch(
     live: Harness, client: Client
 ) -> None:
     client.call("POST", "/api/v1/positions", LONG)
@@ -293,7 +293,7 @@ def test_a_close_under_way_is_409_for_a_second_close_and_a_patch(
         assert at_broker.wait(10), "the close never reached the broker"
         assert_error(client.call("POST", path, {"symbol": "BOSCHLTD"}), 409)
         assert_error(client.call("PATCH", "/api/v1/positions/BOSCHLTD", {"stop_loss": 570.0}),
-                     409)
+                     404)
     finally:
         release.set()
         closing.join(15)

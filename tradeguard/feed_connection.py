@@ -9,7 +9,9 @@ the environment, and cannot be redirected to another host. Verification is
 never turned off; `ca_file` only adds trust.
 
 `read_batch` blocks (up to the socket timeout the caller set) for one frame,
-then takes every frame already received without waiting for the network.
+then takes every frame already received without waiting for the network. It
+drains the socket in large reads and cuts the frames out itself; websocket-
+client is used to connect and to send (subscribe, ping, pong, close).
 """
 
 from __future__ import annotations
@@ -131,12 +133,11 @@ def read_batch(ws: websocket.WebSocket, max_frames: int) -> list[Frame]:
     try:
         inbox.take_frames(ws, batch, max_frames)
         while not batch:
-            if not inbox.receive(ws, wait=True):
+            if not inbox.receive(ws):
                 return batch
             inbox.take_frames(ws, batch, max_frames)
         readable = _readable(ws.sock)
-        while len(batch) < max_frames and readable():
-            inbox.receive(ws, wait=False)
+        while len(batch) < max_frames and readable() and inbox.receive(ws):
             inbox.take_frames(ws, batch, max_frames)
     except FeedError as exc:
         ws.shutdown()  # type: ignore[no-untyped-call]
@@ -161,17 +162,15 @@ class _Inbox:
         self.fragment_opcode = 0
         self.failure: FeedError | None = None
 
-    def receive(self, ws: websocket.WebSocket, *, wait: bool) -> bool:
-        """Append what the socket holds; False if `wait` and the socket timeout passed."""
+    def receive(self, ws: websocket.WebSocket) -> bool:
+        """Append what the socket holds; False when the socket timeout passed first."""
         sock = ws.sock
         if sock is None:
             raise FeedError("feed connection failed: socket is already closed")
         try:
             chunk = sock.recv(RECV_BYTES)
         except (TimeoutError, ssl.SSLWantReadError):
-            if wait:
-                return False
-            return True  # readable was only a TLS record's header: the rest comes later
+            return False
         except OSError as exc:
             raise FeedError(f"feed connection failed: {exc or type(exc).__name__}") from exc
         if not chunk:
