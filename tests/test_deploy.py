@@ -31,6 +31,7 @@ import pytest
 import yaml
 from supervisor.xmlrpc import SupervisorTransport
 
+from tests.support.net import free_port
 from tests.support.waiting import wait_until
 from tradeguard.config import load_config, render_toml
 from tradeguard.metrics import Metrics, Readings
@@ -189,12 +190,6 @@ def test_systemd_analyze_verifies_the_unit() -> None:
 
 
 # A TradeGuard to run -------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

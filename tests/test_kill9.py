@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.service_proc import ServiceProcess, free_port
+from tests.support.net import free_port
+from tests.support.service_proc import ServiceProcess
 from tests.support.waiting import wait_until
 from tradeguard.sim.broker_server import BrokerServer
 from tradeguard.sim.dns_server import DnsServer

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.harness import running
+from tests.support.net import free_port
 from tests.support.waiting import wait_until
 from tradeguard.sim.exchange import SimExchange
 
@@ -35,12 +35,6 @@ EX_CONFIG = 78
 def exchange() -> Iterator[SimExchange]:
     with SimExchange() as ex:
         yield ex
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def write_config(tmp_path: Path, exchange: SimExchange, *, host: str, token: str) -> int:

@@ -15,16 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.net import free_port
 from tests.support.waiting import wait_until
 from tradeguard.sim.exchange import SimExchange
 
 TOKEN = "service-test-token-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_config(tmp_path: Path, exchange: SimExchange, **extra: str) -> tuple[Path, int]:

@@ -9,7 +9,6 @@ turned off; `ca_file` only adds trust.
 from __future__ import annotations
 
 import http.client
-import ipaddress
 import json
 import socket
 import ssl
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from tradeguard.resolver import Resolution
+from tradeguard.resolver import Resolution, is_ip
 
 MAX_BODY = 1 << 20
 
@@ -41,14 +40,6 @@ def tls_context(ca_file: str = "") -> ssl.SSLContext:
     if ca_file:
         ctx.load_verify_locations(cafile=ca_file)
     return ctx
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
@@ -100,7 +91,7 @@ def request_json(
     secure = parts.scheme == "https"
     port = parts.port or (443 if secure else 80)
     resolution: Resolution | None = None
-    if _is_ip(host):
+    if is_ip(host):
         address = host
         resolution = Resolution(host, (host,), "literal")
     elif resolver is not None:

@@ -9,11 +9,8 @@ broken resolver would.
 
 from __future__ import annotations
 
-import json
 import ssl
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +20,7 @@ from typing import Any
 import trustme
 
 from actors.system import System
+from tests.support.net import call_json
 from tests.support.waiting import wait_until
 from tradeguard.brokers import Broker
 from tradeguard.config import Config, config_from_mapping
@@ -96,16 +94,7 @@ class Harness:
 
     def call(self, method: str, path: str, body: Any = None,
              token: str | None = API_TOKEN) -> tuple[int, Any]:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, method=method)
-        request.add_header("Content-Type", "application/json")
-        if token:
-            request.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(request, timeout=30) as resp:
-                return resp.status, json.loads(resp.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"null")
+        return call_json(self.url + path, method, body, token)
 
     def open_long(self, symbol: str, entry: float, stop: float | None,
                   target: float | None = None, quantity: float = 10) -> dict[str, Any]:

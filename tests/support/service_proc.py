@@ -10,32 +10,22 @@ on the same store is `start()` again.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from tests.support.net import call_json, free_port
 from tradeguard.config import render_toml
 
 API_TOKEN = "proc-api-token-SECRET-0123456789"
 READY_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
-
-
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now (for a server started later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class ServiceProcess:
@@ -124,16 +114,7 @@ class ServiceProcess:
     def call(self, method: str, path: str, body: Any = None, token: str | None = API_TOKEN,
              timeout: float = 30.0) -> tuple[int, Any]:
         """One API request; (status, parsed JSON). OSError if nothing listens."""
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, method=method)
-        request.add_header("Content-Type", "application/json")
-        if token:
-            request.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as resp:
-                return resp.status, json.loads(resp.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"null")
+        return call_json(self.url + path, method, body, token, timeout)
 
     def positions(self) -> list[dict[str, Any]]:
         status, body = self.call("GET", "/api/v1/positions")

@@ -17,11 +17,11 @@ import ssl
 import threading
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 from urllib.parse import unquote
 
 from tradeguard.prices import valid_price
+from tradeguard.sim.service import SimService
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class _Handler(BaseHTTPRequestHandler):
         logger.debug("Broker sim: " + format, *args)
 
 
-class BrokerServer:
+class BrokerServer(SimService):
     """The broker on 127.0.0.1, an ephemeral port kept across `down()`/`up()`.
 
     `price_for` gives the fill price of a symbol: a function, a dict (missing
@@ -149,17 +149,6 @@ class BrokerServer:
         for server in self._retired:
             server.server_close()
         self._retired.clear()
-
-    def __enter__(self) -> BrokerServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def port(self) -> int:

@@ -15,7 +15,6 @@ import selectors
 import socket
 import threading
 import time
-from types import TracebackType
 
 import dns.exception
 import dns.flags
@@ -25,6 +24,8 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
+
+from tradeguard.sim.service import SimService
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ _RCODES = {"refuse": dns.rcode.REFUSED, "servfail": dns.rcode.SERVFAIL,
 _MAX_DATAGRAM = 4096
 
 
-class DnsServer:
+class DnsServer(SimService):
     """Answers A queries for the names given to `set_record`, as `mode` says.
 
     Modes: "answer" (NXDOMAIN for unknown names), "refuse", "servfail",
@@ -130,17 +131,6 @@ class DnsServer:
             self._sock.close()
         self._wake_r.close()
         self._wake_w.close()
-
-    def __enter__(self) -> DnsServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # The serving thread --------------------------------------------------
 

@@ -21,17 +21,18 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
-from types import TracebackType
 from typing import Any, cast
 
 from websockets.exceptions import ConnectionClosed
 from websockets.server import ServerProtocol
 from websockets.sync.server import Server, ServerConnection, serve
 
+from tradeguard.sim.service import SimService
+
 logger = logging.getLogger(__name__)
 
 
-class SimExchange:
+class SimExchange(SimService):
     """A WebSocket feed at ws(s)://HOST:PORT/ws; every method is safe from any thread.
 
     Sends go to every connected client and return how many got the frame. A
@@ -102,17 +103,6 @@ class SimExchange:
     def restart(self) -> None:
         self.stop()
         self.start()
-
-    def __enter__(self) -> SimExchange:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def port(self) -> int:

@@ -31,7 +31,6 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Mapping
-from types import TracebackType
 from typing import Any, TextIO, TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -40,13 +39,14 @@ from tradeguard.alerts import headline
 from tradeguard.errors import TradeGuardError
 from tradeguard.sim.dns_server import DnsServer
 from tradeguard.sim.exchange import SimExchange
+from tradeguard.sim.service import SimService
 
 FEED_HOST = "feed.tradeguard.test"
 INDENT = " " * 8
 T = TypeVar("T")
 
 
-class SimMarket:
+class SimMarket(SimService):
     """Prices moving as random walks on a WebSocket feed, reachable by name via its own DNS."""
 
     def __init__(
@@ -80,17 +80,6 @@ class SimMarket:
     def stop(self) -> None:
         self.exchange.stop()
         self.dns.stop()
-
-    def __enter__(self) -> SimMarket:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def feed_url(self) -> str:

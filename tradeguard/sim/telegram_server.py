@@ -15,9 +15,10 @@ import threading
 import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 from urllib.parse import unquote
+
+from tradeguard.sim.service import SimService
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class _Server(ThreadingHTTPServer):
         logger.debug("Telegram stand-in: request from %s failed", client_address, exc_info=True)
 
 
-class TelegramServer:
+class TelegramServer(SimService):
     """POST /bot<token>/sendMessage on 127.0.0.1, an ephemeral port.
 
     `messages` holds the delivered (chat_id, text) pairs in order. Fault
@@ -118,17 +119,6 @@ class TelegramServer:
         self._httpd.server_close()
         if self._thread is not None:
             self._thread.join()
-
-    def __enter__(self) -> TelegramServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # What it saw -----------------------------------------------------------
 
