@@ -42,7 +42,7 @@ class CacheActor(GuardActor):
         if isinstance(message, TickBatch):
             # Only a symbol's last tick stays cached, and under load a batch holds
             # thousands of ticks for a few hundred symbols: one put per symbol.
-            latest = dict(zip(map(_SYMBOL, message.ticks), message.ticks))
+            latest = dict(zip(map(_SYMBOL, message.ticks), message.ticks, strict=True))
             for tick in latest.values():
                 if self.services.cache.put(tick):
                     self._dirty.add(tick.symbol)

@@ -94,9 +94,9 @@ class MonitorActor(GuardActor):
             position = positions[tick.symbol]
             reason = trigger(position, tick.price)
             if reason is not None and tick.symbol not in self._in_flight:
+                self._submit(tick.symbol, reason, tick)  # first: the log line can wait
                 logger.warning("[MONITOR] %s %s at %.4f crosses its %s", position.side.value,
                                tick.symbol, tick.price, reason)
-                self._submit(tick.symbol, reason, tick)
         self.services.metrics.tick_to_decision.observe(time.monotonic() - batch.received_mono)
 
     # The sweep -------------------------------------------------------------

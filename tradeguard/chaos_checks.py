@@ -1,0 +1,122 @@
+"""What must hold after a chaos run, checked against what TradeGuard and its peers recorded.
+
+- Every crossing the feed delivered produced exactly one close, for the
+  level crossed; no close without a crossing or an emergency request.
+- The broker filled exactly one order per closed position, and no other.
+- No position is left closing (or with its close failed).
+- Every critical alert reached Telegram exactly once.
+- Memory is flat: the last third of the run is not above the first third
+  (after warm-up) by more than the slack.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import statistics
+from collections import Counter
+
+from tradeguard.chaos_market import Episode, Market
+from tradeguard.chaos_world import World
+from tradeguard.positions import State
+
+MEMORY_SLACK_MB = 25.0
+WARM_UP_SHARE = 0.25  # memory samples before this share of the run are warm-up
+_REPEAT = re.compile(r" \(x\d+\)$")  # the notifier's "(xN)" for identical texts folded
+
+
+class CriticalAlerts(logging.Handler):
+    """Collects the text of every critical alert as it is raised (the log sees them all)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.CRITICAL)
+        self.texts: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("[ALERT] "):
+            self.texts.append(message.removeprefix("[ALERT] "))
+
+
+def violations(world: World, market: Market, criticals: list[str],
+               memory: list[float]) -> list[str]:
+    return [*_closes(world, market), *_orders(world), *_stuck(world),
+            *_critical_deliveries(world, criticals), *_memory(memory)]
+
+
+def _closes(world: World, market: Market) -> list[str]:
+    store = world.system.services.store
+    problems = []
+    for episode in market.episodes:
+        position = store.position(episode.position_id)
+        if position is None:
+            problems.append(f"{episode.symbol}: position {episode.position_id} is gone")
+            continue
+        expected = _expected_close(episode)
+        if expected is None and position.state is not State.OPEN:
+            problems.append(f"{episode.symbol} #{position.id}: {position.state.value} "
+                            f"({position.reason}) without a crossing or a request")
+        elif expected is not None and position.state is not State.CLOSED:
+            problems.append(f"{episode.symbol} #{position.id}: {expected} but still "
+                            f"{position.state.value}")
+        elif expected is not None and position.reason != expected:
+            problems.append(f"{episode.symbol} #{position.id}: {expected} but closed as "
+                            f"{position.reason}")
+    return problems
+
+
+def _expected_close(episode: Episode) -> str | None:
+    """The reason the episode's position must have been closed for, or None: still open.
+
+    A crossing the feed never carried to TradeGuard must not have closed anything.
+    """
+    if episode.crossed is not None and episode.delivered:
+        return episode.crossed
+    return "emergency" if episode.emergency else None
+
+
+def _orders(world: World) -> list[str]:
+    store = world.system.services.store
+    closed = {p.client_order_id for p in store.positions(limit=1_000_000)
+              if p.state is State.CLOSED}
+    orders = set(world.broker.orders)
+    problems = [f"order {cid} at the broker for no closed position"
+                for cid in sorted(orders - closed)]
+    problems += [f"position with order {cid} closed without the broker filling it"
+                 for cid in sorted(c for c in closed - orders if c)]
+    return problems
+
+
+def _stuck(world: World) -> list[str]:
+    return [f"{p.symbol} #{p.id} left {p.state.value}"
+            for p in world.system.services.store.live_positions() if p.state is not State.OPEN]
+
+
+def _critical_deliveries(world: World, criticals: list[str]) -> list[str]:
+    delivered = Counter(_one_line(text) for _, text in world.telegram.messages)
+    problems = []
+    for text in sorted(set(criticals)):
+        if delivered[text] != 1:
+            problems.append(f"critical alert delivered {delivered[text]} times: "
+                            f"{text.split(' | ')[0]}")
+    pending = world.system.services.store.pending_count()
+    if pending:
+        problems.append(f"{pending} alert(s) never delivered")
+    return problems
+
+
+def _one_line(text: str) -> str:
+    """A Telegram message as the log shows its alert: no "(xN)", lines joined by " | "."""
+    first, newline, rest = text.partition("\n")
+    return (_REPEAT.sub("", first) + newline + rest).replace("\n", " | ")
+
+
+def _memory(samples: list[float]) -> list[str]:
+    steady = samples[int(len(samples) * WARM_UP_SHARE):]
+    if len(steady) < 6:
+        return []
+    third = len(steady) // 3
+    before, after = statistics.mean(steady[:third]), statistics.mean(steady[-third:])
+    if after - before > MEMORY_SLACK_MB:
+        return [f"memory grew from {before:.1f} MB to {after:.1f} MB"]
+    return []
