@@ -14,11 +14,16 @@ import math
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Tick:
-    """One price for one symbol, stamped with when TradeGuard received it."""
+class Tick(NamedTuple):
+    """One price for one symbol, stamped with when TradeGuard received it.
+
+    A NamedTuple rather than a frozen dataclass: just as immutable (ticks are
+    shared between actors' threads), and built in under half the time, which
+    is most of the per-tick cost of a 50-tick frame.
+    """
 
     symbol: str
     price: float
