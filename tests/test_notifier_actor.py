@@ -210,5 +210,6 @@ def test_full_feed_outage_as_the_phone_sees_it(tmp_path: Path) -> None:
             "BOSCHLTD: price stale",
             "CRITICAL: BOSCHLTD: position BLIND, no usable price",
             "Price feed restored: feed.tradeguard.test",
+            "BOSCHLTD: priced again",
         ]
         assert h.position("BOSCHLTD").state.value == "open"
