@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from types import FrameType
 
 import pykka.debug
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 EX_OK = 0
 EX_SOFTWARE = 70
 EX_CONFIG = 78
+STARTUP_WAIT = 30.0
 
 
 def run_service(cfg: Config) -> int:
@@ -60,6 +62,7 @@ def run_service(cfg: Config) -> int:
               file=sys.stderr, flush=True)
     try:
         system.start()
+        _wait_until_up(system, stop)
         sdnotify.notify("READY=1")
         logger.info("TradeGuard running; feed %s", cfg.feed.url)
         while not stop.wait(0.5):
@@ -78,3 +81,14 @@ def run_service(cfg: Config) -> int:
         logger.error("Threads still running after stop: %s", ", ".join(left))
     logger.info("Stopped cleanly")
     return EX_OK
+
+
+def _wait_until_up(system: System, stop: threading.Event) -> None:
+    """READY=1 means every child has finished starting, not merely been started."""
+    deadline = time.monotonic() + STARTUP_WAIT
+    while not system.supervisor.all_up() and time.monotonic() < deadline:
+        if stop.wait(0.05) or system.supervisor.gave_up.is_set():
+            return
+    if not system.supervisor.all_up():
+        logger.warning("Not every actor is up after %.0fs; running anyway, the supervisor "
+                       "keeps restarting them", STARTUP_WAIT)
