@@ -210,7 +210,9 @@ class _Reader:
         if parsed.ticks:
             batch = TickBatch(tuple(parsed.ticks), received)
             self.ctx.tell("CacheActor", batch)
-            self.ctx.tell("MonitorActor", batch)
+            # Held until the monitor has checked it, and handed to its next incarnation
+            # if it dies first: a one-tick breach during a monitor restart still fires.
+            self.ctx.tell("MonitorActor", batch, durable=True)
             # Counted once told, so the count never runs ahead of the actors' mailboxes.
             self.services.metrics.feed_ticks.inc(len(parsed.ticks))
 

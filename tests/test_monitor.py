@@ -169,3 +169,21 @@ def test_emergency_close_answers_with_the_fill(tmp_path: Path) -> None:
                              "exit_price", "pnl", "reason", "price_age_seconds", "order_id"}
         assert h.call("POST", "/api/v1/monitoring/emergency-close-position",
                       {"symbol": "BOSCHLTD"})[0] == 404
+
+
+@pytest.mark.parametrize("mode", ["crash", "hang"])
+def test_a_one_tick_breach_while_the_monitor_is_down_still_closes(
+    tmp_path: Path, mode: str
+) -> None:
+    with running(tmp_path) as h:
+        open_pos(h, "GAP", "long", 100.0, 90.0, None)
+        h.exchange.send_tick("GAP", 100.0)
+        wait_until(lambda: h.system.services.cache.quote("GAP", 0) is not None, 5)
+        h.system.inject_fault("MonitorActor", mode)
+        # Before the supervisor notices (or while it restarts): one tick through the stop,
+        # then back inside, so the sweep on cached prices cannot see the breach.
+        h.exchange.send_ticks([("GAP", 100.0), ("GAP", 85.0), ("GAP", 100.0)])
+        wait_until(lambda: h.system.supervisor.status()["MonitorActor"]["restarts"] >= 1, 10)
+        position = closed(h, "GAP")
+        assert position.reason == "stop_loss"
+        assert orders_for(h, "GAP") == 1
