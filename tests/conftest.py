@@ -7,6 +7,8 @@ from collections.abc import Iterator
 import pykka
 import pytest
 
+from tradeguard.sim.exchange import SimExchange
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--soak", action="store_true", help="run the long soak/chaos tests")
@@ -25,3 +27,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _stop_all_actors() -> Iterator[None]:
     yield
     pykka.ActorRegistry.stop_all()
+
+
+@pytest.fixture
+def exchange() -> Iterator[SimExchange]:
+    """A real WebSocket feed on loopback, stopped after the test."""
+    with SimExchange() as sim:
+        yield sim

@@ -29,11 +29,6 @@ BROKER_TOKEN = "kill9-broker-token-SECRET"
 FILL = 97.5
 
 
-@pytest.fixture
-def exchange() -> Iterator[SimExchange]:
-    with SimExchange() as sim:
-        yield sim
-
 
 @pytest.fixture
 def dns() -> Iterator[DnsServer]:

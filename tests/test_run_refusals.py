@@ -31,11 +31,6 @@ BROKER_TOKEN = "run-refusals-broker-token-SECRET-42"
 EX_CONFIG = 78
 
 
-@pytest.fixture
-def exchange() -> Iterator[SimExchange]:
-    with SimExchange() as ex:
-        yield ex
-
 
 def write_config(tmp_path: Path, exchange: SimExchange, *, host: str, token: str) -> int:
     """The config file for the service; returns its API port."""

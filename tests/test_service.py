@@ -9,10 +9,7 @@ import socket
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.support.net import free_port
 from tests.support.waiting import wait_until
@@ -47,11 +44,6 @@ fault_injection = true
     path.write_text(text)
     return path, port
 
-
-@pytest.fixture
-def exchange() -> Iterator[SimExchange]:
-    with SimExchange() as ex:
-        yield ex
 
 
 def start(config: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
