@@ -92,6 +92,8 @@ class MonitorActor(GuardActor):
             if band is None or band[0] < tick.price < band[1]:
                 continue
             position = positions[tick.symbol]
+            if tick.received_at < (position.opened_at or 0.0):
+                continue  # a price from before this position existed (a redelivered batch)
             reason = trigger(position, tick.price)
             if reason is not None and tick.symbol not in self._in_flight:
                 self._submit(tick.symbol, reason, tick)  # first: the log line can wait

@@ -39,7 +39,7 @@ def test_system_dns_fails_fallback_connects_over_tls_checked_on_hostname(
         assert state["connected_ip"] == "127.0.0.1"
         assert state["resolved_via"] == f"fallback:{h.dns.address}"
         assert h.exchange.url_for(FEED_HOST).startswith("wss://")
-        assert any(FEED_HOST in host for host in h.exchange.host_headers)
+        wait_until(lambda: any(FEED_HOST in host for host in h.exchange.host_headers), 5)
         h.open_long("TLSSYM", 100.0, 90.0)
         wait_until(lambda: any("TLSSYM" in s for s in h.exchange.subscriptions), 5)
         h.exchange.send_tick("TLSSYM", 101.0)
