@@ -7,7 +7,7 @@ stops moving is marked stale. When reads need the token, the page asks for it
 and shows nothing until it is given. A screenshot of each page is saved in the
 test's tmp dir.
 
-Needs Debian's `chromium` and `chromium-driver` (scripts/test.sh installs
+Needs Debian's `chromium` and `chromium-driver` (.ci/run installs
 them); a Selenium that fetched its own browser could not work offline.
 """
 
