@@ -24,13 +24,12 @@ from openapi_spec_validator import validate
 from werkzeug.test import TestResponse
 
 import tradeguard
-from tests.support.guard_impl import GuardImpl
-from tradeguard.web.app import create_app
+from tests.support.guard_impl import GUARD_TOKEN, GuardImpl
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "openapi.yaml"
 PACKAGED = ROOT / "tradeguard" / "web" / "openapi.yaml"
-TOKEN = "tg-openapi-Hx72-s3cret"
+TOKEN = GUARD_TOKEN
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 METHODS = {"get", "post", "patch", "put", "delete"}
 
@@ -39,23 +38,6 @@ METHODS = {"get", "post", "patch", "put", "delete"}
 def spec() -> dict[str, Any]:
     loaded: dict[str, Any] = yaml.safe_load(DOC.read_text("utf-8"))
     return loaded
-
-
-@pytest.fixture
-def guard(tmp_path: Path) -> Iterator[GuardImpl]:
-    impl = GuardImpl(tmp_path / "guard.db", api_token=TOKEN)
-    yield impl
-    impl.close()
-
-
-@pytest.fixture
-def app(guard: GuardImpl) -> flask.Flask:
-    return create_app(guard)
-
-
-@pytest.fixture
-def client(app: flask.Flask) -> FlaskClient:
-    return app.test_client()
 
 
 def test_the_document_is_valid_openapi_3_0(spec: dict[str, Any]) -> None:

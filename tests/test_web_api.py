@@ -9,23 +9,21 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import flask
 import pytest
 import yaml
 from flask.testing import FlaskClient
 from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.test import TestResponse
 
-from tests.support.guard_impl import GuardImpl
+from tests.support.guard_impl import GUARD_TOKEN, GuardImpl
 from tradeguard.health import ServerHealth
 from tradeguard.web.app import MAX_BODY_BYTES, create_app
 from tradeguard.web.errors import INTERNAL_ERROR, LogBudget
 
-TOKEN = "tg-api-Zq9x7Lw2-s3cret"
+TOKEN = GUARD_TOKEN
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 LONG = {"symbol": "BOSCHLTD", "side": "long", "quantity": 2, "entry_price": 575.0,
@@ -46,25 +44,6 @@ WRITES = [
     ("POST", "/api/v1/debug/fault", {"actor": "CacheActor", "kind": "crash"}),
 ]
 OPEN_PATHS = ["/healthz", "/metrics", "/"]
-
-
-@pytest.fixture
-def guard(tmp_path: Path) -> Iterator[GuardImpl]:
-    impl = GuardImpl(tmp_path / "guard.db", api_token=TOKEN)
-    yield impl
-    impl.close()
-
-
-@pytest.fixture
-def app(guard: GuardImpl) -> flask.Flask:
-    app = create_app(guard)
-    app.config["TESTING"] = True
-    return app
-
-
-@pytest.fixture
-def client(app: flask.Flask) -> FlaskClient:
-    return app.test_client()
 
 
 def assert_error(resp: TestResponse, code: int, containing: str = "") -> str:

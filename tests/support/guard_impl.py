@@ -41,6 +41,9 @@ STALE_AFTER = 30.0
 UNUSABLE_AFTER = 300.0
 
 
+GUARD_TOKEN = "tg-api-Zq9x7Lw2-s3cret"  # the token the web tests' app is built with
+
+
 class GuardImpl:
     """Everything the HTTP layer can ask of a running TradeGuard, minus the actors."""
 
