@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import logging
-import operator
 import time
 
 from actors.base import GuardActor
 from actors.messages import TickBatch, Timer
 from tradeguard.errors import StoreError
-from tradeguard.prices import Freshness
+from tradeguard.prices import Freshness, tick_symbol
 
 logger = logging.getLogger(__name__)
 
 PERSIST_EVERY = 1.0
-_SYMBOL = operator.attrgetter("symbol")
 
 
 class CacheActor(GuardActor):
@@ -42,7 +40,7 @@ class CacheActor(GuardActor):
         if isinstance(message, TickBatch):
             # Only a symbol's last tick stays cached, and under load a batch holds
             # thousands of ticks for a few hundred symbols: one put per symbol.
-            latest = dict(zip(map(_SYMBOL, message.ticks), message.ticks, strict=True))
+            latest = dict(zip(map(tick_symbol, message.ticks), message.ticks, strict=True))
             for tick in latest.values():
                 if self.services.cache.put(tick):
                     self._dirty.add(tick.symbol)

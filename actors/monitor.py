@@ -15,8 +15,6 @@ happen once whichever thread or incarnation gets there.
 from __future__ import annotations
 
 import logging
-import math
-import operator
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -25,21 +23,13 @@ from actors.base import GuardActor
 from actors.messages import PositionsChanged, Subscribe, TickBatch, Timer, WorkerDone
 from tradeguard import alerts
 from tradeguard.errors import PositionError, TradeGuardError
-from tradeguard.positions import Position, Side, State, trigger
-from tradeguard.prices import Freshness, Quote, Tick
+from tradeguard.positions import Position, State, safe_band, trigger
+from tradeguard.prices import Freshness, Quote, Tick, tick_symbol
 
 logger = logging.getLogger(__name__)
 
 FAILED_RETRY = 5.0  # seconds between sweep retries of a close_failed position
 CLOSE_WORKERS = 4
-_SYMBOL = operator.attrgetter("symbol")
-
-
-def _band(position: Position) -> tuple[float, float]:
-    """The open interval of prices at which `trigger` fires neither level."""
-    low, high = ((position.stop_loss, position.take_profit) if position.side is Side.LONG
-                 else (position.take_profit, position.stop_loss))
-    return (-math.inf if low is None else low, math.inf if high is None else high)
 
 
 class MonitorActor(GuardActor):
@@ -84,8 +74,8 @@ class MonitorActor(GuardActor):
         # Under load a batch holds thousands of ticks: each is compared with its
         # position's band, built once per batch, and only a tick outside the
         # band goes through the stop rules.
-        bands = {symbol: _band(position)
-                 for symbol in set(map(_SYMBOL, batch.ticks)) & positions.keys()
+        bands = {symbol: safe_band(position)
+                 for symbol in set(map(tick_symbol, batch.ticks)) & positions.keys()
                  if (position := positions[symbol]).state is State.OPEN}
         for tick in batch.ticks:
             band = bands.get(tick.symbol)

@@ -18,6 +18,7 @@ from tradeguard.positions import (
     levels_from_request,
     pnl,
     position_from_request,
+    safe_band,
     trigger,
     validate_symbol,
 )
@@ -304,3 +305,21 @@ def test_new_levels_of_a_short_are_checked_mirrored() -> None:
     assert levels_from_request({"stop_loss": 590.0}, short).stop_loss == 590.0
     with pytest.raises(PositionError, match="stop_loss: must be above"):
         levels_from_request({"stop_loss": 560.0}, short)
+
+
+@given(
+    side=st.sampled_from([Side.LONG, Side.SHORT]),
+    price=st.floats(min_value=1, max_value=2000, allow_nan=False),
+    sl_off=st.one_of(st.none(), st.floats(min_value=0.01, max_value=500)),
+    tp_off=st.one_of(st.none(), st.floats(min_value=0.01, max_value=500)),
+)
+def test_safe_band_is_exactly_where_no_level_fires(
+    side: Side, price: float, sl_off: float | None, tp_off: float | None
+) -> None:
+    entry = 1000.0
+    sign = 1 if side is Side.LONG else -1
+    sl = None if sl_off is None else entry - sign * sl_off
+    tp = None if tp_off is None else entry + sign * tp_off
+    position = Position("SYM", side, 1, entry, sl, tp)
+    low, high = safe_band(position)
+    assert (low < price < high) == (trigger(position, price) is None)

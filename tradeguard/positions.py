@@ -9,6 +9,7 @@ or a batched frame is never lost, even if the next tick is back inside.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -90,6 +91,17 @@ def trigger(position: Position, price: float) -> str | None:
         if tp is not None and price <= tp:
             return "take_profit"
     return None
+
+
+def safe_band(position: Position) -> tuple[float, float]:
+    """The open interval of prices at which `trigger` fires neither level.
+
+    The monitor compares each tick with it first: under load only prices
+    outside the band go through the stop rules.
+    """
+    low, high = ((position.stop_loss, position.take_profit) if position.side is Side.LONG
+                 else (position.take_profit, position.stop_loss))
+    return (-math.inf if low is None else low, math.inf if high is None else high)
 
 
 def first_trigger(position: Position, ticks: Iterable[Tick]) -> tuple[str, Tick] | None:
