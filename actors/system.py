@@ -43,7 +43,7 @@ from tradeguard.errors import PositionError
 from tradeguard.metrics import Metrics, Readings
 from tradeguard.notify_policy import DeliveryPolicy
 from tradeguard.positions import (
-    REASONS,
+    close_from_request,
     distance_pct,
     levels_from_request,
     pnl,
@@ -213,12 +213,7 @@ class System:
         return updated.as_json()
 
     def emergency_close(self, body: Any) -> dict[str, Any]:
-        if not isinstance(body, dict):
-            raise PositionError("body: must be a JSON object")
-        symbol = validate_symbol(body.get("symbol"))
-        reason = body.get("reason", "emergency")
-        if reason not in REASONS[:3]:
-            raise PositionError("reason: must be 'stop_loss', 'take_profit' or 'emergency'")
+        symbol, reason = close_from_request(body)
         try:
             result = self.services.closer.close(symbol, reason)
         finally:

@@ -13,6 +13,7 @@ from tradeguard.positions import (
     Position,
     Side,
     State,
+    close_from_request,
     distance_pct,
     first_trigger,
     levels_from_request,
@@ -323,3 +324,12 @@ def test_safe_band_is_exactly_where_no_level_fires(
     position = Position("SYM", side, 1, entry, sl, tp)
     low, high = safe_band(position)
     assert (low < price < high) == (trigger(position, price) is None)
+
+
+def test_close_request_defaults_to_emergency_and_refuses_other_reasons() -> None:
+    assert close_from_request({"symbol": "boschltd"}) == ("BOSCHLTD", "emergency")
+    assert close_from_request({"symbol": "X", "reason": "take_profit"}) == ("X", "take_profit")
+    for body in ([], {"symbol": "X", "reason": "blind"}, {"reason": "emergency"}):
+        with pytest.raises(PositionError) as err:
+            close_from_request(body)
+        assert err.value.code == 400

@@ -30,7 +30,8 @@ class State(enum.Enum):
     CLOSE_FAILED = "close_failed"
 
 
-REASONS = ("stop_loss", "take_profit", "emergency", "blind")
+MANUAL_REASONS = ("stop_loss", "take_profit", "emergency")  # what an operator may give
+REASONS = (*MANUAL_REASONS, "blind")  # "blind": closed by blind_policy = "close"
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,17 @@ def position_from_request(body: Any, now: float) -> Position:
     take_profit = _number(body, "take_profit", optional=True)
     check_levels(side, entry, stop_loss, take_profit)
     return Position(symbol, side, quantity, entry, stop_loss, take_profit, opened_at=now)
+
+
+def close_from_request(body: Any) -> tuple[str, str]:
+    """Validate an emergency-close body (SPEC §6) into (symbol, reason)."""
+    if not isinstance(body, dict):
+        raise PositionError("body: must be a JSON object")
+    symbol = validate_symbol(body.get("symbol"))
+    reason = body.get("reason", "emergency")
+    if reason not in MANUAL_REASONS:
+        raise PositionError(f"reason: must be one of {', '.join(MANUAL_REASONS)}")
+    return symbol, reason
 
 
 def levels_from_request(body: Any, position: Position) -> Position:

@@ -14,13 +14,12 @@ from typing import Any
 import yaml
 from flask import Blueprint, Response, jsonify, request
 
-from tradeguard.positions import validate_symbol
+from tradeguard.positions import close_from_request
 from tradeguard.web.auth import require_token
 from tradeguard.web.errors import ApiError
 from tradeguard.web.ports import GuardApi
 
 # "blind" is a reason only the monitor gives; an operator closes for one of these.
-CLOSE_REASONS = ("stop_loss", "take_profit", "emergency")
 FAULT_KINDS = ("crash", "hang")
 
 
@@ -60,10 +59,7 @@ def only_fields(body: dict[str, Any], allowed: tuple[str, ...]) -> None:
 def close_request(body: dict[str, Any]) -> dict[str, Any]:
     """A checked emergency-close body, so the system is only asked sensible things."""
     only_fields(body, ("symbol", "reason"))
-    symbol = validate_symbol(body.get("symbol"))
-    reason = body.get("reason", "emergency")
-    if reason not in CLOSE_REASONS:
-        raise ApiError(f"reason: must be one of {', '.join(CLOSE_REASONS)}")
+    symbol, reason = close_from_request(body)
     return {"symbol": symbol, "reason": reason}
 
 
