@@ -19,7 +19,6 @@ from tradeguard.web.auth import require_token
 from tradeguard.web.errors import ApiError
 from tradeguard.web.ports import GuardApi
 
-# "blind" is a reason only the monitor gives; an operator closes for one of these.
 FAULT_KINDS = ("crash", "hang")
 
 
