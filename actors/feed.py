@@ -30,8 +30,8 @@ from actors.messages import Kick, Subscribe, TickBatch
 from tradeguard import alerts
 from tradeguard.backoff import Backoff
 from tradeguard.errors import FeedError, ResolverError
-from tradeguard.feed_connection import open_feed, read_batch
-from tradeguard.feed_protocol import parse_frames, subscribe_frame
+from tradeguard.feed.connection import open_feed, read_batch
+from tradeguard.feed.wire_json import parse_frames, subscribe_frame
 
 logger = logging.getLogger(__name__)
 

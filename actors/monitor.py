@@ -23,7 +23,7 @@ from actors.base import GuardActor
 from actors.messages import PositionsChanged, Subscribe, TickBatch, Timer, WorkerDone
 from tradeguard import alerts
 from tradeguard.errors import PositionError, TradeGuardError
-from tradeguard.positions import Position, State, safe_band, trigger
+from tradeguard.positions import Position, Reason, State, safe_band, trigger
 from tradeguard.prices import Freshness, Quote, Tick, tick_symbol
 
 logger = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ class MonitorActor(GuardActor):
                 position.symbol, quote.price if quote else None, quote.age if quote else None,
                 policy, currency=self.services.cfg.display.currency))
         if policy == "close":
-            self._submit(position.symbol, "blind", None)
+            self._submit(position.symbol, Reason.BLIND, None)
 
     def _clear_blind(self, position: Position, quote: Quote, now: float) -> None:
         if position.symbol not in self._blind_since:
@@ -167,7 +167,7 @@ class MonitorActor(GuardActor):
             return
         self._failed_tried[position.symbol] = now
         logger.warning("[MONITOR] retrying the failed close of %s", position.symbol)
-        self._submit(position.symbol, position.reason or "emergency", None)
+        self._submit(position.symbol, position.reason or Reason.EMERGENCY, None)
 
     # Closing ---------------------------------------------------------------
 

@@ -17,8 +17,8 @@ import time
 from actors.base import GuardActor
 from actors.messages import Kick, Timer, WorkerDone
 from tradeguard.errors import NotifyError
-from tradeguard.notify_policy import Message
-from tradeguard.telegram import TelegramRetryAfter, TelegramTransport
+from tradeguard.notify.policy import Message
+from tradeguard.notify.telegram import TelegramRetryAfter, TelegramTransport
 
 logger = logging.getLogger(__name__)
 

@@ -21,13 +21,11 @@ from actors import sdnotify
 from actors.system import System
 from tradeguard.config import Config, is_loopback
 from tradeguard.errors import TradeGuardError
+from tradeguard.exits import EX_CONFIG, EX_OK, EX_SOFTWARE
 from tradeguard.logs import setup_logging
 
 logger = logging.getLogger(__name__)
 
-EX_OK = 0
-EX_SOFTWARE = 70
-EX_CONFIG = 78
 STARTUP_WAIT = 30.0
 
 

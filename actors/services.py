@@ -19,9 +19,9 @@ from tradeguard.closing import Closer
 from tradeguard.config import Config
 from tradeguard.health import DnsStatus, FeedStatus, MonitorStatus
 from tradeguard.metrics import Metrics
-from tradeguard.notify_policy import DeliveryPolicy
+from tradeguard.net.resolver import Resolver
+from tradeguard.notify.policy import DeliveryPolicy
 from tradeguard.prices import PriceCache
-from tradeguard.resolver import Resolver
 from tradeguard.store import Store
 from tradeguard.web.ports import GuardApi
 

@@ -34,10 +34,10 @@ from actors.base import ChildContext
 from actors.handle import ChildHandle
 from actors.messages import Fault, Ping
 from tradeguard.config import SupervisorConfig
+from tradeguard.exits import EX_SOFTWARE
 
 logger = logging.getLogger(__name__)
 
-EX_SOFTWARE = 70
 
 
 class Restart(enum.Enum):

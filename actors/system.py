@@ -41,7 +41,9 @@ from tradeguard.closing import Closer
 from tradeguard.config import Config, is_loopback
 from tradeguard.errors import PositionError
 from tradeguard.metrics import Metrics, Readings
-from tradeguard.notify_policy import DeliveryPolicy
+from tradeguard.net.resolver import Resolver, SystemLookup
+from tradeguard.notify.outbox import OutboxAlerts
+from tradeguard.notify.policy import DeliveryPolicy
 from tradeguard.positions import (
     close_from_request,
     distance_pct,
@@ -51,7 +53,6 @@ from tradeguard.positions import (
     validate_symbol,
 )
 from tradeguard.prices import Freshness, PriceCache
-from tradeguard.resolver import Resolver, SystemLookup
 from tradeguard.store import Store
 
 logger = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ class System:
             cfg.dns.serve_stale, memory=store, system=system_lookup,
             observer=metrics.dns_observer,
         )
-        sink = alerts.OutboxAlerts(store, on_enqueued=self._kick_notifier)
+        sink = OutboxAlerts(store, on_enqueued=self._kick_notifier)
         broker = broker or make_broker(cfg, cache, resolver)
         closer = Closer(
             store, broker, sink, max_retries=cfg.monitor.max_close_retries,

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from tradeguard import alerts
-from tradeguard.alerts import Alert, OutboxAlerts, Severity
+from tradeguard.alerts import Alert, Severity
+from tradeguard.notify.outbox import OutboxAlerts
 from tradeguard.store import Store
 
 CATALOGUE = [
@@ -96,7 +97,7 @@ def test_outbox_alerts_queue_durably_before_the_kick(
     seen_at_kick: list[int] = []
     sink = OutboxAlerts(store, on_enqueued=lambda: seen_at_kick.append(store.pending_count()),
                         clock=lambda: 1000.0)
-    caplog.set_level(logging.DEBUG, logger="tradeguard.alerts")
+    caplog.set_level(logging.DEBUG, logger="tradeguard.notify.outbox")
     sink.alert(alerts.dns_back(5.0))
     sink.alert(alerts.price_stale("BOSCHLTD", 575.0, 45.0))
     sink.alert(alerts.close_failed("BOSCHLTD", 3, "refused"))

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tradeguard.bench import render
+from tradeguard.tools.bench.run import render
 
 RUN_TIMEOUT = 240  # a hang guard, not a performance target
 

@@ -16,9 +16,9 @@ import trustme
 
 from tradeguard.brokers import CloseOrder, Fill, HttpBroker, PaperBroker
 from tradeguard.errors import BrokerError, ResolverError
-from tradeguard.http_client import request_json
+from tradeguard.net.http import request_json
+from tradeguard.net.resolver import Resolution
 from tradeguard.prices import PriceCache, Tick
-from tradeguard.resolver import Resolution
 from tradeguard.sim.broker_server import BrokerServer
 
 TOKEN = "brk-s3cret-Zq9x7Lw2"

@@ -27,8 +27,8 @@ import trustme
 import websocket
 
 from tradeguard.errors import FeedError
-from tradeguard.feed_connection import BINARY, PING, PONG, TEXT, open_feed, read_batch
-from tradeguard.feed_protocol import parse_frame, subscribe_frame
+from tradeguard.feed.connection import BINARY, PING, PONG, TEXT, open_feed, read_batch
+from tradeguard.feed.wire_json import parse_frame, subscribe_frame
 from tradeguard.sim.exchange import SimExchange
 
 HOST = "feed.tradeguard.test"  # RFC 6761: the system resolver never knows it

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tradeguard.feed_protocol import MAX_FRAME_CHARS, parse_frame, subscribe_frame
+from tradeguard.feed.wire_json import MAX_FRAME_CHARS, parse_frame, subscribe_frame
 from tradeguard.prices import Tick, valid_price
 
 NOW = 1767779060.0

@@ -24,8 +24,8 @@ from typing import Any
 from tests.support.harness import Harness, running
 from tests.support.waiting import wait_until
 from tradeguard.brokers import HttpBroker, PaperBroker
-from tradeguard.http_client import Resolves
-from tradeguard.resolver import Resolution
+from tradeguard.net.http import Resolves
+from tradeguard.net.resolver import Resolution
 from tradeguard.sim.broker_server import BrokerServer
 
 BROKER_HOST = "broker.tradeguard.test"

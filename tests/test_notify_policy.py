@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tradeguard.notify_policy import WINDOW, DeliveryPolicy, Message, Plan
-from tradeguard.store import OutboxEntry
+from tradeguard.alerts import OutboxEntry
+from tradeguard.notify.policy import WINDOW, DeliveryPolicy, Message, Plan
 
 _ids = count(1)
 

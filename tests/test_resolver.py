@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tradeguard.errors import ResolverError
-from tradeguard.resolver import MAX_PENDING_SYSTEM, Resolution, Resolver
+from tradeguard.net.resolver import MAX_PENDING_SYSTEM, Resolution, Resolver
 from tradeguard.sim.dns_server import DnsServer
 from tradeguard.store import Store
 
@@ -79,7 +79,7 @@ def resolver() -> Iterator[Callable[..., Resolver]]:
 
 
 def test_system_fails_then_fallback_answers(dns_server, resolver, caplog) -> None:
-    caplog.set_level(logging.INFO, logger="tradeguard.resolver")
+    caplog.set_level(logging.INFO, logger="tradeguard.net.resolver")
     server = dns_server()
     seen: list[tuple[str, str]] = []
 
@@ -93,7 +93,7 @@ def test_system_fails_then_fallback_answers(dns_server, resolver, caplog) -> Non
 
 
 def test_hung_system_loses_to_fallback_after_head_start(dns_server, resolver, hung, caplog) -> None:
-    caplog.set_level(logging.INFO, logger="tradeguard.resolver")
+    caplog.set_level(logging.INFO, logger="tradeguard.net.resolver")
     server = dns_server()
     started = time.monotonic()
 
@@ -245,7 +245,7 @@ def test_check_system(resolver, hung) -> None:
 
 
 def test_hung_system_lookups_do_not_pile_up(dns_server, resolver, release, caplog) -> None:
-    caplog.set_level(logging.INFO, logger="tradeguard.resolver")
+    caplog.set_level(logging.INFO, logger="tradeguard.net.resolver")
     server = dns_server()
     hanging: list[threading.Thread] = []
 

@@ -24,11 +24,11 @@ import pytest
 from tests.support.harness import running
 from tests.support.net import free_port
 from tests.support.waiting import wait_until
+from tradeguard.exits import EX_CONFIG
 from tradeguard.sim.exchange import SimExchange
 
 API_TOKEN = "run-refusals-api-token-SECRET-42"
 BROKER_TOKEN = "run-refusals-broker-token-SECRET-42"
-EX_CONFIG = 78
 
 
 

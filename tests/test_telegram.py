@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from tradeguard import alerts
-from tradeguard.alerts import OutboxAlerts
 from tradeguard.errors import NotifyError
-from tradeguard.notify_policy import DeliveryPolicy
+from tradeguard.notify.outbox import OutboxAlerts
+from tradeguard.notify.policy import DeliveryPolicy
+from tradeguard.notify.telegram import TelegramRetryAfter, TelegramTransport
 from tradeguard.sim.telegram_server import TelegramServer
 from tradeguard.store import Store
-from tradeguard.telegram import TelegramRetryAfter, TelegramTransport
 
 TOKEN = "123456789:AAH-secret_TOKEN-do-not-log"
 CHAT = "-100200300"

@@ -1,4 +1,4 @@
-"""What TradeGuard tells the operator, and the sink that queues it durably.
+"""What TradeGuard tells the operator: the alert catalogue and the sink it goes to.
 
 Every text is written to be read on a phone: the first line is a headline
 that stands alone (digests of a flood list only headlines), then what
@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import enum
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
-
-from tradeguard.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +25,7 @@ class Severity(enum.Enum):
     CRITICAL = "critical"
 
 
-_LOG_LEVELS = {
+LOG_LEVELS = {
     Severity.INFO: logging.INFO,
     Severity.WARNING: logging.WARNING,
     Severity.CRITICAL: logging.CRITICAL,
@@ -41,6 +37,19 @@ class Alert:
     kind: str
     severity: Severity
     text: str
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """An alert as the store's outbox holds it, waiting for (or past) delivery."""
+
+    id: int
+    created_at: float
+    kind: str
+    severity: str
+    text: str
+    attempts: int
+    sent_at: float | None = None
 
 
 def headline(text: str) -> str:
@@ -220,42 +229,3 @@ def supervisor_gave_up(actor: str, restarts: int, window: float) -> Alert:
 
 class AlertSink(Protocol):
     def alert(self, alert: Alert) -> None: ...
-
-
-def _noop() -> None:
-    """No one to wake: the notifier finds the alert on its next look at the outbox."""
-
-
-class OutboxAlerts:
-    """Logs every alert, then queues it in the store's outbox for Telegram.
-
-    The outbox row is written before `on_enqueued` wakes the notifier, so an
-    alert survives a notifier crash or a process restart between the two.
-    Never raises: raising an alert must not break whatever raised it.
-    """
-
-    def __init__(
-        self,
-        store: Store,
-        on_enqueued: Callable[[], None] = _noop,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self._store = store
-        self._on_enqueued = on_enqueued
-        self._clock = clock
-
-    def alert(self, alert: Alert) -> None:
-        one_line = alert.text.replace("\n", " | ")
-        logger.log(_LOG_LEVELS[alert.severity], "[ALERT] %s", one_line)
-        try:
-            self._store.enqueue_alert(
-                alert.kind, alert.severity.value, alert.text, self._clock()
-            )
-        except Exception:
-            logger.exception("[ALERT] not queued for Telegram, only logged: %s", one_line)
-            return
-        try:
-            self._on_enqueued()
-        except Exception:
-            # The row is safe in the outbox; the notifier's own timer will find it.
-            logger.exception("[ALERT] could not wake the notifier")

@@ -9,10 +9,7 @@ from collections.abc import Sequence
 
 from tradeguard.config import load_config, masked, render_toml
 from tradeguard.errors import ConfigError
-
-EX_OK = 0
-EX_SOFTWARE = 70
-EX_CONFIG = 78
+from tradeguard.exits import EX_CONFIG, EX_OK
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,15 +73,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         return run(args.config)
     if args.command == "demo":
-        from tradeguard.demo import run_demo
+        from tradeguard.tools.demo import run_demo
 
         return run_demo(keep_running=args.keep_running)
     if args.command == "bench":
-        from tradeguard.bench import run_bench
+        from tradeguard.tools.bench.run import run_bench
 
         return run_bench(quick=args.quick, as_json=args.json)
     if args.command == "chaos":
-        from tradeguard.chaos import run_chaos
+        from tradeguard.tools.chaos.run import run_chaos
 
         return run_chaos(duration=args.duration, seed=args.seed, as_json=args.json)
     return EX_CONFIG

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from tradeguard import alerts
 from tradeguard.brokers import Broker, CloseOrder, Fill
 from tradeguard.errors import BrokerError, PositionError
-from tradeguard.positions import Position, pnl
+from tradeguard.positions import Position, Reason, pnl
 from tradeguard.prices import Tick
 from tradeguard.store import Store
 
@@ -111,7 +111,7 @@ class Closer:
     def _execute(self, position: Position, hint: Tick | None) -> CloseResult:
         assert position.id is not None and position.client_order_id is not None
         order = CloseOrder(position.client_order_id, position.symbol, position.exit_side,
-                           position.quantity, position.reason or "emergency", hint)
+                           position.quantity, position.reason or Reason.EMERGENCY, hint)
         error = ""
         for attempt in range(1, self.max_retries + 2):
             try:
@@ -139,19 +139,20 @@ class Closer:
             # Another path (a reconcile, an older incarnation) recorded it first.
             closed = self.store.position(position.id) or position
             return CloseResult(closed, fill)
-        self._observe(closed.reason or "emergency", "ok")
+        self._observe(closed.reason or Reason.EMERGENCY, "ok")
         logger.warning("[CLOSE] %s closed at %s (%s), P&L %s, order %s", closed.symbol,
                        alerts.money(fill.fill_price, self.currency), closed.reason,
                        alerts.money(result, self.currency, signed=True), fill.order_id)
         self.alerts.alert(alerts.position_closed(
-            closed.symbol, closed.side.value, closed.quantity, reason=closed.reason or "emergency",
-            exit_price=fill.fill_price, pnl=result, price_age=fill.price_age,
+            closed.symbol, closed.side.value, closed.quantity,
+            reason=closed.reason or Reason.EMERGENCY, exit_price=fill.fill_price, pnl=result,
+            price_age=fill.price_age,
             currency=self.currency))
         return CloseResult(closed, fill)
 
     def _fail(self, position: Position, error: str) -> None:
         assert position.id is not None
-        self._observe(position.reason or "emergency", "error")
+        self._observe(position.reason or Reason.EMERGENCY, "error")
         failed = self.store.fail_close(position.id, error)
         if failed is not None and self._first_failure(position):
             self.alerts.alert(alerts.close_failed(position.symbol, self.max_retries + 1, error))

@@ -18,20 +18,32 @@ from tradeguard.errors import PositionError
 from tradeguard.prices import Tick, valid_price
 
 
-class Side(enum.Enum):
+class Side(enum.StrEnum):
     LONG = "long"
     SHORT = "short"
 
 
-class State(enum.Enum):
+class State(enum.StrEnum):
     OPEN = "open"
     CLOSING = "closing"
     CLOSED = "closed"
     CLOSE_FAILED = "close_failed"
 
 
-MANUAL_REASONS = ("stop_loss", "take_profit", "emergency")  # what an operator may give
-REASONS = (*MANUAL_REASONS, "blind")  # "blind": closed by blind_policy = "close"
+LIVE_STATES = frozenset({State.OPEN, State.CLOSING, State.CLOSE_FAILED})  # still held at the broker
+
+
+class Reason(enum.StrEnum):
+    """Why a position was closed (SPEC §6 `reason`)."""
+
+    STOP_LOSS = "stop_loss"
+    TAKE_PROFIT = "take_profit"
+    EMERGENCY = "emergency"
+    BLIND = "blind"  # closed by blind_policy = "close"
+
+
+MANUAL_REASONS = (Reason.STOP_LOSS, Reason.TAKE_PROFIT, Reason.EMERGENCY)  # an operator may give
+REASONS = tuple(Reason)
 
 
 @dataclass(frozen=True)
@@ -78,19 +90,19 @@ class Position:
         }
 
 
-def trigger(position: Position, price: float) -> str | None:
+def trigger(position: Position, price: float) -> Reason | None:
     """The reason a single price closes the position, or None."""
     sl, tp = position.stop_loss, position.take_profit
     if position.side is Side.LONG:
         if sl is not None and price <= sl:
-            return "stop_loss"
+            return Reason.STOP_LOSS
         if tp is not None and price >= tp:
-            return "take_profit"
+            return Reason.TAKE_PROFIT
     else:
         if sl is not None and price >= sl:
-            return "stop_loss"
+            return Reason.STOP_LOSS
         if tp is not None and price <= tp:
-            return "take_profit"
+            return Reason.TAKE_PROFIT
     return None
 
 
@@ -105,7 +117,7 @@ def safe_band(position: Position) -> tuple[float, float]:
     return (-math.inf if low is None else low, math.inf if high is None else high)
 
 
-def first_trigger(position: Position, ticks: Iterable[Tick]) -> tuple[str, Tick] | None:
+def first_trigger(position: Position, ticks: Iterable[Tick]) -> tuple[Reason, Tick] | None:
     """The first tick of a batch (in order) that crosses a level, with its reason."""
     for tick in ticks:
         if tick.symbol == position.symbol and (reason := trigger(position, tick.price)):
@@ -171,7 +183,7 @@ def position_from_request(body: Any, now: float) -> Position:
         raise PositionError(f"unknown field(s): {', '.join(sorted(unknown))}")
     symbol = validate_symbol(body.get("symbol"))
     try:
-        side = Side(body.get("side"))
+        side = Side(str(body.get("side")))
     except ValueError:
         raise PositionError("side: must be 'long' or 'short'") from None
     quantity = _number(body, "quantity", optional=False)
@@ -183,15 +195,15 @@ def position_from_request(body: Any, now: float) -> Position:
     return Position(symbol, side, quantity, entry, stop_loss, take_profit, opened_at=now)
 
 
-def close_from_request(body: Any) -> tuple[str, str]:
+def close_from_request(body: Any) -> tuple[str, Reason]:
     """Validate an emergency-close body (SPEC §6) into (symbol, reason)."""
     if not isinstance(body, dict):
         raise PositionError("body: must be a JSON object")
     symbol = validate_symbol(body.get("symbol"))
-    reason = body.get("reason", "emergency")
+    reason = body.get("reason", Reason.EMERGENCY)
     if reason not in MANUAL_REASONS:
         raise PositionError(f"reason: must be one of {', '.join(MANUAL_REASONS)}")
-    return symbol, reason
+    return symbol, Reason(reason)
 
 
 def levels_from_request(body: Any, position: Position) -> Position:

@@ -17,10 +17,10 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tradeguard.alerts import OutboxEntry
 from tradeguard.errors import PositionError, StoreError
 from tradeguard.positions import Position, Side, State
 from tradeguard.prices import Tick
@@ -69,19 +69,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 """
 
-LIVE_STATES = ("open", "closing", "close_failed")
 KEEP_SENT_ALERTS = 200
 
-
-@dataclass(frozen=True)
-class OutboxEntry:
-    id: int
-    created_at: float
-    kind: str
-    severity: str
-    text: str
-    attempts: int
-    sent_at: float | None = None
 
 
 def _float(value: Any) -> float | None:

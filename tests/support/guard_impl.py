@@ -17,12 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tradeguard.alerts import OutboxAlerts
 from tradeguard.brokers import PaperBroker
 from tradeguard.closing import Closer
 from tradeguard.errors import PositionError
 from tradeguard.health import DnsStatus, FeedStatus, ServerHealth
 from tradeguard.metrics import Metrics, Readings
+from tradeguard.notify.outbox import OutboxAlerts
 from tradeguard.positions import (
     Position,
     State,

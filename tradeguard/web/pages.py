@@ -14,11 +14,12 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, render_template
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from tradeguard import positions
 from tradeguard.alerts import duration, money
 from tradeguard.web.ports import GuardApi
 
 PAGE_POLICY = "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
-LIVE_STATES = ("open", "closing", "close_failed")
+LIVE_STATES = sorted(positions.LIVE_STATES)
 NEAR_LEVEL_PCT = 1.0  # a level closer than this to the price is highlighted
 
 

@@ -1,6 +1,6 @@
 """`tradeguard chaos`: the service under load while faults are injected at random.
 
-The world (`chaos_world`) is the real System on loopback with its simulated
+The world (`world`) is the real System on loopback with its simulated
 exchange, fallback DNS server, HTTP broker and Telegram. The market
 (`chaos_market`) sends a steady tick load and opens positions whose prices
 cross their levels on a schedule. For `duration` seconds `chaos_faults`
@@ -25,17 +25,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tradeguard.bench_guard import logging_to, resident_mb
-from tradeguard.chaos_checks import CriticalAlerts, violations
-from tradeguard.chaos_faults import KINDS, Chaos
-from tradeguard.chaos_market import Market
-from tradeguard.chaos_world import World
 from tradeguard.errors import TradeGuardError
+from tradeguard.exits import EX_OK, EX_SOFTWARE, EX_VIOLATED
 from tradeguard.positions import State
-
-EX_OK = 0
-EX_VIOLATED = 1
-EX_SOFTWARE = 70
+from tradeguard.tools.bench.guard import logging_to, resident_mb
+from tradeguard.tools.chaos.checks import CriticalAlerts, violations
+from tradeguard.tools.chaos.faults import KINDS, Chaos
+from tradeguard.tools.chaos.market import Market
+from tradeguard.tools.chaos.world import World
 
 TRADING = [f"CHAOS{i:02d}" for i in range(8)]
 BACKGROUND = [f"CALM{i:02d}" for i in range(24)]

@@ -36,9 +36,8 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from tradeguard.alerts import Severity, headline
+from tradeguard.alerts import OutboxEntry, Severity, headline
 from tradeguard.backoff import Backoff
-from tradeguard.store import OutboxEntry
 
 WINDOW = 60.0
 DIGEST_HEADLINES = 5

@@ -91,7 +91,7 @@ class Done:
 class FeedServer:
     """The server process, seen from the bench: start, run jobs, stop.
 
-    A child process (`python -m tradeguard.bench_server`) that takes jobs as
+    A child process (`python -m tradeguard.tools.bench.server`) that takes jobs as
     JSON lines on its stdin and answers on its stdout.
     """
 
@@ -101,7 +101,7 @@ class FeedServer:
 
     def __enter__(self) -> FeedServer:
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "tradeguard.bench_server"],
+            [sys.executable, "-m", "tradeguard.tools.bench.server"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         self.port = int(self._answer(CLIENT_WAIT)["port"])
         return self

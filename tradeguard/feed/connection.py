@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import websocket
 
 from tradeguard.errors import FeedError
-from tradeguard.http_client import tls_context
+from tradeguard.net.http import tls_context
 
 logger = logging.getLogger(__name__)
 

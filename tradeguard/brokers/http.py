@@ -1,128 +1,19 @@
-"""Brokers: where a close order goes and the fill that comes back.
-
-Two kinds (SPEC §7). The paper broker fills at the freshest price TradeGuard
-has and says how old that price was. The HTTP broker sends the order to the
-user's own backend through the resolver ladder. Both are idempotent on the
-client order id: the same id sent twice is one order, which is what lets the
-monitor retry a close and reconcile a `closing` position after a restart.
-Every failure is a BrokerError whose message never carries the broker token.
-"""
+"""The `http` broker: the user's own trading backend (SPEC §7), through the resolver ladder."""
 
 from __future__ import annotations
 
 import http.client
 import logging
-import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote as url_quote
 from urllib.parse import urlsplit
 
+from tradeguard.brokers.base import CloseOrder, Fill
 from tradeguard.errors import BrokerError, ResolverError
-from tradeguard.http_client import Resolves, Response, request_json
-from tradeguard.prices import Quote, Tick, valid_price
+from tradeguard.net.http import Resolves, Response, request_json
+from tradeguard.prices import valid_price
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CloseOrder:
-    """A market order that closes a position; `hint` is the tick that triggered it."""
-
-    client_order_id: str
-    symbol: str
-    side: str  # "sell" closes a long, "buy" closes a short
-    quantity: float
-    reason: str
-    hint: Tick | None = None
-
-
-@dataclass(frozen=True)
-class Fill:
-    """A filled order; `price_age` is the age of the price a paper fill used."""
-
-    order_id: str
-    fill_price: float
-    price_age: float | None
-
-
-class Broker(Protocol):
-    def place(self, order: CloseOrder) -> Fill:
-        """Fill the order, or raise BrokerError. Same client order id, same Fill."""
-        ...
-
-    def lookup(self, client_order_id: str) -> Fill | None:
-        """The fill of an order sent earlier; None if the broker never saw that id."""
-        ...
-
-
-class PaperBroker:
-    """Fills at the freshest price it has: the cached quote or the order's hint.
-
-    Prices older than `max_age` are refused. The service passes no limit: a
-    market order fills whatever the market does, so a close of a blind
-    position fills at the last price seen, and the fill reports its true age.
-
-    Its memory of orders lives in this process only. After a restart, `lookup`
-    of a `closing` position's client order id returns None and the caller
-    sends the order again, which is right for paper: no order ever left.
-    """
-
-    def __init__(
-        self,
-        quote: Callable[[str], Quote | None],
-        clock: Callable[[], float] = time.time,
-        *,
-        max_age: float = 300.0,  # prices older than this are not filled at
-        on_order: Callable[[CloseOrder, float], None] | None = None,
-    ) -> None:
-        self._quote = quote
-        self._clock = clock
-        self._max_age = max_age
-        self.on_order = on_order  # called with (order, time.monotonic() at arrival)
-        self.orders: list[str] = []  # client order ids of filled orders, in arrival order
-        self._fills: dict[str, Fill] = {}
-        self._lock = threading.Lock()
-
-    def place(self, order: CloseOrder) -> Fill:
-        arrived = time.monotonic()
-        with self._lock:
-            known = self._fills.get(order.client_order_id)
-            if known is not None:
-                return known
-            price, age = self._freshest(order)
-            fill = Fill(f"paper-{len(self._fills) + 1}", price, age)
-            self._fills[order.client_order_id] = fill
-            self.orders.append(order.client_order_id)
-        if self.on_order is not None:
-            self.on_order(order, arrived)
-        return fill
-
-    def lookup(self, client_order_id: str) -> Fill | None:
-        with self._lock:
-            return self._fills.get(client_order_id)
-
-    def _freshest(self, order: CloseOrder) -> tuple[float, float]:
-        """(price, age) of the most recently received usable price for the symbol."""
-        now = self._clock()
-        candidates: list[tuple[float, float]] = []  # (received_at, price)
-        cached = self._quote(order.symbol)
-        if cached is not None and now - cached.received_at <= self._max_age:
-            candidates.append((cached.received_at, cached.price))
-        hint = order.hint
-        if (
-            hint is not None
-            and hint.symbol == order.symbol
-            and valid_price(hint.price)
-            and now - hint.received_at <= self._max_age
-        ):
-            candidates.append((hint.received_at, hint.price))
-        if not candidates:
-            raise BrokerError(f"no usable price for {order.symbol}")
-        received_at, price = max(candidates)
-        return price, max(0.0, now - received_at)
 
 
 class HttpBroker:

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from tradeguard.errors import NotifyError, TradeGuardError
-from tradeguard.http_client import Resolves, Response, request_json
+from tradeguard.net.http import Resolves, Response, request_json
 
 MAX_TEXT = 4096  # Telegram answers 400 to anything longer: truncating beats never delivering
 MAX_DETAIL = 200

@@ -16,10 +16,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from tradeguard.bench_guard import ticks_forwarded
-from tradeguard.chaos_world import World
 from tradeguard.errors import TradeGuardError
 from tradeguard.positions import State
+from tradeguard.tools.bench.guard import ticks_forwarded
+from tradeguard.tools.chaos.world import World
 
 ACTORS = ("FeedActor", "CacheActor", "MonitorActor", "NotifierActor", "DnsHealthActor",
           "ApiActor")

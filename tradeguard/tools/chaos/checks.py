@@ -16,9 +16,9 @@ import re
 import statistics
 from collections import Counter
 
-from tradeguard.chaos_market import Episode, Market
-from tradeguard.chaos_world import World
 from tradeguard.positions import State
+from tradeguard.tools.chaos.market import Episode, Market
+from tradeguard.tools.chaos.world import World
 
 MEMORY_SLACK_MB = 25.0
 WARM_UP_SHARE = 0.25  # memory samples before this share of the run are warm-up

@@ -19,9 +19,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-from tradeguard.chaos_world import World
 from tradeguard.errors import TradeGuardError
 from tradeguard.positions import Position, Side, State
+from tradeguard.tools.chaos.world import World
 
 TICK_INTERVAL = 0.05
 OPERATOR_INTERVAL = 0.1

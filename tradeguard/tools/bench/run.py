@@ -1,6 +1,6 @@
 """`tradeguard bench` (SPEC §2): throughput, tick-to-order latency and memory on loopback.
 
-The feed is `bench_server`, a WebSocket server in a process of its own; the
+The feed is `server`, a WebSocket server in a process of its own; the
 service is the real System (`bench_guard`) with one open position on each of
 208 symbols.
 
@@ -36,13 +36,11 @@ from typing import Any
 
 import websocket
 
-from tradeguard.bench_guard import GuardUnderTest, breach_price, logging_to, resident_mb
-from tradeguard.bench_server import FeedServer, Paced, Stream
 from tradeguard.errors import TradeGuardError
-from tradeguard.feed_protocol import JSON_PARSER, loads, subscribe_frame
-
-EX_OK = 0
-EX_SOFTWARE = 70
+from tradeguard.exits import EX_OK, EX_SOFTWARE
+from tradeguard.feed.wire_json import JSON_PARSER, loads, subscribe_frame
+from tradeguard.tools.bench.guard import GuardUnderTest, breach_price, logging_to, resident_mb
+from tradeguard.tools.bench.server import FeedServer, Paced, Stream
 
 SYMBOLS = 208
 RATE = 10_000.0  # ticks/s offered in the latency run

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from tradeguard.resolver import Resolution, is_ip
+from tradeguard.net.resolver import Resolution, is_ip
 
 MAX_BODY = 1 << 20
 

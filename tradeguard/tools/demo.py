@@ -31,12 +31,9 @@ from tradeguard.alerts import duration, money
 from tradeguard.brokers import PaperBroker
 from tradeguard.config import Config, config_from_mapping
 from tradeguard.errors import TradeGuardError
+from tradeguard.exits import EX_INTERRUPTED, EX_OK, EX_SOFTWARE
 from tradeguard.logs import FORMAT
 from tradeguard.sim.scenario import GuardClient, LogQuotes, Narrator, SimMarket
-
-EX_OK = 0
-EX_SOFTWARE = 70
-EX_INTERRUPTED = 130
 
 PRICES = {"BOSCHLTD": 735.0, "INFY": 1520.0, "RELIANCE": 2950.0}
 SEED = 7  # the same random walk every run

@@ -1,0 +1,1 @@
+"""The price feed: the WebSocket connection and the wire formats spoken over it."""

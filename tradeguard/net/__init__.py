@@ -1,0 +1,1 @@
+"""The network edge: the resolver ladder and the HTTP client that uses it."""

@@ -1,0 +1,1 @@
+"""Telling the operator: the durable outbox, the delivery policy, the Telegram transport."""

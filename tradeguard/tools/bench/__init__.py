@@ -1,0 +1,1 @@
+"""`tradeguard bench`: throughput, latency and memory against a bare baseline (`run`)."""
