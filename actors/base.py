@@ -19,6 +19,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -107,6 +108,8 @@ class GuardActor(pykka.ThreadingActor):
         self.ctx = ctx
         self.services = ctx.services
         self._tickers: list[Ticker] = []
+        self._threads: list[tuple[threading.Thread, float]] = []
+        self._pools: list[ThreadPoolExecutor] = []
 
     # Subclass hooks ------------------------------------------------------
 
@@ -127,6 +130,29 @@ class GuardActor(pykka.ThreadingActor):
         self._tickers.append(
             Ticker(self.actor_ref, f"{self.ctx.name}.{name}", interval, self.ctx.stop_event).start()
         )
+
+    def own_thread(
+        self, target: Callable[[], object], name: str, *, join_timeout: float = 1.0
+    ) -> threading.Thread:
+        """Start a thread this incarnation owns: joined (up to `join_timeout`) at teardown.
+
+        The target must return soon after `ctx.stop_event` is set; a thread that
+        does not is left behind as a daemon, fenced, rather than hang the stop.
+        """
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        self._threads.append((thread, join_timeout))
+        thread.start()
+        return thread
+
+    def own_pool(self, workers: int, name: str) -> ThreadPoolExecutor:
+        """A worker pool this incarnation owns: shut down at teardown, queued jobs cancelled.
+
+        Jobs already running finish on their own; their outcome must be safe to
+        drop (sent through `post`, which a fenced incarnation ignores).
+        """
+        pool = ThreadPoolExecutor(workers, thread_name_prefix=name)
+        self._pools.append(pool)
+        return pool
 
     def post(self, message: object) -> None:
         """Tell this incarnation something from one of its own threads.
@@ -194,3 +220,8 @@ class GuardActor(pykka.ThreadingActor):
             self.teardown()
         except Exception:
             logger.exception("%s: teardown failed", self.ctx.name)
+        for pool in self._pools:
+            pool.shutdown(wait=False, cancel_futures=True)
+        for thread, timeout in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout)

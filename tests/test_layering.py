@@ -42,4 +42,5 @@ def test_only_tools_and_the_cli_import_actors_or_pykka(path: Path) -> None:
     if allowed(path):
         return
     bad = imported_packages(path.read_text(encoding="utf-8")) & set(FORBIDDEN)
-    assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}: move that code to actors/ or tools/"
+    where = path.relative_to(ROOT)
+    assert not bad, f"{where} imports {sorted(bad)}: move that code to actors/ or tools/"

@@ -28,6 +28,7 @@ class State(enum.StrEnum):
     CLOSING = "closing"
     CLOSED = "closed"
     CLOSE_FAILED = "close_failed"
+    RELEASED = "released"  # no longer guarded, left open at the broker on purpose
 
 
 LIVE_STATES = frozenset({State.OPEN, State.CLOSING, State.CLOSE_FAILED})  # still held at the broker
@@ -65,6 +66,12 @@ class Position:
     closed_at: float | None = None
     close_attempts: int = 0
     last_error: str | None = None
+    # time.monotonic() of this process when the position was opened and when its
+    # levels last changed; None when that happened in an earlier process (then
+    # every price this process received is newer). Decisions compare these with
+    # a tick's received time; they are never stored.
+    opened_mono: float | None = None
+    levels_mono: float | None = None
 
     @property
     def exit_side(self) -> str:
