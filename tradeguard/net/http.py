@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from tradeguard.net.pinned import tls_context
 from tradeguard.net.resolver import Resolution, is_ip
+
+__all__ = ["Response", "request_json", "tls_context"]
 
 MAX_BODY = 1 << 20
 
@@ -32,14 +35,6 @@ class Response:
     text: str
     headers: dict[str, str]
     resolution: Resolution | None
-
-
-def tls_context(ca_file: str = "") -> ssl.SSLContext:
-    """System CAs plus an optional extra bundle; hostname checks always on."""
-    ctx = ssl.create_default_context()
-    if ca_file:
-        ctx.load_verify_locations(cafile=ca_file)
-    return ctx
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
