@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tradeguard.errors import ResolverError
-from tradeguard.net.resolver import MAX_PENDING_SYSTEM, Resolution, Resolver
+from tradeguard.net.resolver import MAX_PENDING_SYSTEM, MAX_TTL, Resolution, Resolver
 from tradeguard.sim.dns_server import DnsServer
 from tradeguard.store import Store
 
@@ -25,6 +25,16 @@ def until(condition: Callable[[], bool], within: float = 5.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.01)
+
+
+class Clock:
+    """A monotonic clock a test steps by hand."""
+
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def system_fails(host: str) -> list[str]:
@@ -117,6 +127,8 @@ def test_system_answer_means_no_fallback_query(dns_server, resolver, tmp_path: P
     assert result == Resolution(HOST, ("127.0.0.9",), "system")
     assert server.queries == 0
     assert seen == [("system", "ok")]
+    assert store.load_addresses(HOST) == []  # A10: not before a connection proved it
+    make.confirm(HOST, "127.0.0.9")
     assert store.load_addresses(HOST) == ["127.0.0.9"]
 
 
@@ -163,9 +175,9 @@ def test_all_fail_serves_stale_from_the_store(dns_server, resolver, tmp_path: Pa
     server = dns_server()
     path = tmp_path / "t.db"
     with_store = Store(path)
-    assert resolver([server], memory=with_store, system=system_fails).resolve(HOST).via.startswith(
-        "fallback:"
-    )
+    first = resolver([server], memory=with_store, system=system_fails)
+    assert first.resolve(HOST).via.startswith("fallback:")
+    first.confirm(HOST, FEED_IP)
     with_store.close()
     server.mode = "servfail"
     seen: list[tuple[str, str]] = []
@@ -254,15 +266,18 @@ def test_hung_system_lookups_do_not_pile_up(dns_server, resolver, release, caplo
         release.wait(timeout=10)
         raise OSError("released")
 
-    make = resolver([server], head_start=0.0, system=hangs)
+    clock = Clock()
+    make = resolver([server], head_start=0.0, system=hangs, clock=clock)
     threads_before = threading.active_count()
     for _ in range(3 * MAX_PENDING_SYSTEM):
         assert make.resolve(HOST).via.startswith("fallback:")
+        clock.now += MAX_TTL  # past the cached answer: every resolve() runs the ladder
 
     assert len(hanging) == MAX_PENDING_SYSTEM
     assert threading.active_count() - threads_before <= MAX_PENDING_SYSTEM + 4  # + query pool
     assert any("still hanging" in m for m in caplog.messages)
     release.set()  # once the hung lookups end, the system resolver is asked again
     until(lambda: not any(t.is_alive() for t in hanging))
+    clock.now += MAX_TTL
     make.resolve(HOST)
     assert len(hanging) == MAX_PENDING_SYSTEM + 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import ipaddress
 import math
 import os
 import tomllib
@@ -21,6 +20,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tradeguard.errors import ConfigError
+from tradeguard.net.addresses import is_loopback as is_loopback  # noqa: PLC0414 - its callers
+from tradeguard.net.addresses import parse_server
 
 MASK = "********"
 SECRETS = frozenset({("api", "token"), ("broker", "token"), ("telegram", "bot_token")})
@@ -274,24 +275,6 @@ def _check_url(key: str, url: str, schemes: tuple[str, ...], problems: list[str]
         problems.append(f"{key}: bad port in {url!r}")
 
 
-def parse_server(text: str) -> tuple[str, int]:
-    """Split a DNS server written "ip" or "ip:port" (IPv6 as "[ip]:port")."""
-    host, port = text, 53
-    if text.startswith("["):
-        host, bracket, rest = text[1:].partition("]")
-        if not bracket or (rest and not rest.startswith(":")):
-            raise ValueError(f"expected [ip] or [ip]:port, got {text!r}")
-        if rest:
-            port = int(rest[1:])
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-        port = int(port_text)
-    ipaddress.ip_address(host)
-    if not 0 < port < 65536:
-        raise ValueError(f"port {port} out of range")
-    return host, port
-
-
 def _check_ranges(cfg: Config, problems: list[str]) -> None:  # noqa: PLR0912
     positive = {
         "feed": ("connect_timeout", "reconnect_initial_delay", "reconnect_max_delay",
@@ -432,13 +415,3 @@ def _toml_char(char: str) -> str:
     if (char < " " and char != "\t") or char == "\x7f":
         return f"\\u{ord(char):04x}"
     return char
-
-
-def is_loopback(host: str) -> bool:
-    """True for an api.host that only this machine can reach."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -50,7 +50,7 @@ class DnsServer(SimService):
         self._bind = (host, port)
         self._ttl = ttl
         self._lock = threading.Lock()
-        self._records: dict[dns.name.Name, list[str]] = {}
+        self._records: dict[dns.name.Name, tuple[list[str], int]] = {}  # name -> (A, TTL)
         self._mode = "answer"
         self._delay = 0.0
         self._queries = 0
@@ -61,10 +61,11 @@ class DnsServer(SimService):
 
     # Configuration -------------------------------------------------------
 
-    def set_record(self, name: str, ips: list[str]) -> None:
+    def set_record(self, name: str, ips: list[str], ttl: int | None = None) -> None:
+        """Answer `ips` (any IPv4 addresses, in this order) for name, with `ttl` seconds."""
         addresses = [str(ipaddress.IPv4Address(ip)) for ip in ips]
         with self._lock:
-            self._records[dns.name.from_text(name)] = addresses
+            self._records[dns.name.from_text(name)] = (addresses, self._ttl if ttl is None else ttl)
 
     @property
     def mode(self) -> str:
@@ -205,13 +206,14 @@ class DnsServer(SimService):
         self, question: dns.rrset.RRset, response: dns.message.Message, wrong_name: bool
     ) -> None:
         with self._lock:
-            addresses = self._records.get(question.name)
-        if addresses is None:
+            record = self._records.get(question.name)
+        if record is None:
             response.set_rcode(dns.rcode.NXDOMAIN)
             return
+        addresses, ttl = record
         if question.rdtype != dns.rdatatype.A or question.rdclass != dns.rdataclass.IN:
             return  # NOERROR, no data: the name exists, with A records only
         owner = WRONG_NAME if wrong_name else question.name
         response.answer.append(dns.rrset.from_text_list(
-            owner, self._ttl, dns.rdataclass.IN, dns.rdatatype.A, addresses
+            owner, ttl, dns.rdataclass.IN, dns.rdatatype.A, addresses
         ))
