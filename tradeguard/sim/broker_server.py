@@ -10,9 +10,11 @@ reconciliation rather than place twice.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
+import socket
 import ssl
 import threading
 from collections.abc import Callable, Mapping
@@ -35,7 +37,27 @@ class _Server(ThreadingHTTPServer):
         self.sim = sim
         self.tls = tls
         self._in_flight: list[threading.Thread] = []
+        self._open: set[Any] = set()  # accepted connections not yet closed (keep-alive)
+        self._open_lock = threading.Lock()
         super().__init__(("127.0.0.1", port), _Handler)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        with self._open_lock:
+            self._open.add(request)
+        return True
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def drop_connections(self) -> None:
+        """Cut every open connection, as a restarting server does to kept-alive clients."""
+        with self._open_lock:
+            sockets = list(self._open)
+        for sock in sockets:
+            with contextlib.suppress(OSError):  # already gone
+                sock.shutdown(socket.SHUT_RDWR)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         # Daemon threads, so a request left hanging cannot hold the interpreter
@@ -75,6 +97,11 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = 5.0  # a silent client cannot hold a thread (and stop()) for long
     server: _Server
 
+    def setup(self) -> None:
+        super().setup()
+        if self.server.sim.keep_alive:
+            self.protocol_version = "HTTP/1.1"  # connections stay open between requests
+
     def do_GET(self) -> None:
         self._serve(b"")
 
@@ -107,7 +134,9 @@ class BrokerServer(SimService):
     `price_for` gives the fill price of a symbol: a function, a dict (missing
     symbols fill at 100.0), or None for 100.0 everywhere. `orders` maps each
     client order id to the order as recorded; `requests` counts every request
-    and `hosts` keeps each one's Host header.
+    and `hosts` keeps each one's Host header. With `keep_alive`, it speaks
+    HTTP/1.1 and keeps connections open between requests, as real backends
+    do; `down()` and `stop()` then also cut the open connections.
     """
 
     def __init__(
@@ -116,8 +145,10 @@ class BrokerServer(SimService):
         *,
         price_for: Callable[[str], float] | Mapping[str, float] | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        keep_alive: bool = False,
     ) -> None:
         self.token = token
+        self.keep_alive = keep_alive
         self._price_for = _price_function(price_for)
         self._tls = ssl_context
         self._lock = threading.Lock()
@@ -195,6 +226,8 @@ class BrokerServer(SimService):
         server.shutdown()
         thread.join()
         server.socket.close()
+        if self.keep_alive:
+            server.drop_connections()
         self._retired.append(server)
 
     def up(self) -> None:
