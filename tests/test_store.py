@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tradeguard.alerts import Alert, Severity
 from tradeguard.errors import PositionError, StoreError
 from tradeguard.positions import Position, Side, State
 from tradeguard.prices import Tick
@@ -239,8 +240,9 @@ def test_the_client_order_id_survives_failed_attempts(store: Store) -> None:
     assert added.id is not None
     first = store.claim_close("BOSCHLTD", "stop_loss")
     store.record_attempt(added.id, "broker timed out")
-    failed = store.fail_close(added.id, "broker timed out")
-    assert failed is not None
+    outcome = store.fail_close(added.id, "broker timed out")
+    assert outcome is not None
+    failed, _ = outcome
     assert failed.state is State.CLOSE_FAILED
     assert failed.last_error == "broker timed out"
     assert failed.close_attempts == 1
@@ -285,7 +287,6 @@ def test_finish_and_fail_only_move_a_closing_position(store: Store) -> None:
     store.claim_close("BOSCHLTD", "emergency")
     assert store.fail_close(added.id, "broker down") is not None
     assert store.fail_close(added.id, "again") is None  # close_failed, not closing
-    assert store.finish_close(added.id, "ord-1", 600.0, 250.0, 1100.0) is None
     store.claim_close("BOSCHLTD", "emergency")
     assert store.finish_close(added.id, "ord-1", 600.0, 250.0, 1100.0) is not None
     assert store.finish_close(added.id, "ord-2", 1.0, 1.0, 1200.0) is None  # closed once
@@ -368,3 +369,153 @@ def test_pending_alerts_include_every_critical_behind_a_long_backlog(tmp_path: P
     pending = store.pending_alerts(100)
     assert [e.text for e in pending][-1] == "blind!"
     assert len(pending) == 101 and [e.id for e in pending] == sorted(e.id for e in pending)
+
+
+# Schema 2: release, attempts, a fill after a failed round, alerts in the transition ----
+
+
+def test_a_version_1_store_opens_and_keeps_its_rows(db_path: Path) -> None:
+    """A2/A1 schema: a store written by schema 1 is migrated in place, nothing lost."""
+    db_path.parent.mkdir(parents=True)
+    db = sqlite3.connect(db_path)
+    with db:
+        db.executescript(V1_SCHEMA)
+        db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+        db.execute("INSERT INTO positions (symbol, side, quantity, entry_price, stop_loss,"
+                   " state, client_order_id, close_attempts, opened_at)"
+                   " VALUES ('AAA', 'long', 10, 100, 90, 'close_failed', 'tg-old', 4, 1.0)")
+        db.execute("INSERT INTO positions (symbol, side, quantity, entry_price, stop_loss,"
+                   " state, opened_at) VALUES ('BBB', 'short', 5, 50, 55, 'open', 2.0)")
+    db.close()
+    store = Store(db_path)
+    try:
+        assert store.schema_version() == SCHEMA_VERSION == 2
+        failed, opened = store.live_positions()
+        assert (failed.symbol, failed.state, failed.client_order_id, failed.close_attempts) == (
+            "AAA", State.CLOSE_FAILED, "tg-old", 4)
+        assert (opened.symbol, opened.side, opened.filled_quantity) == ("BBB", Side.SHORT, 0.0)
+        # Its failure was alerted under schema 1: a failed round now raises no second alert.
+        store.claim_close("AAA", "stop_loss")
+        assert failed.id is not None
+        assert store.fail_close(failed.id, "down", alert=an_alert()) == (
+            store.position(failed.id), False)
+        assert store.release_position("BBB", now=3.0).state is State.RELEASED
+    finally:
+        store.close()
+
+
+def an_alert(text: str = "closed!") -> Alert:
+    return Alert("position_closed", Severity.WARNING, text)
+
+
+def test_release_stops_guarding_without_closing(store: Store) -> None:
+    """A1: release takes an open or close_failed position out of guard; 409 while closing."""
+    with pytest.raises(PositionError) as info:
+        store.release_position("BOSCHLTD", now=1.0)
+    assert info.value.code == 404
+    store.add_position(long_position())
+    store.claim_close("BOSCHLTD", "stop_loss")
+    with pytest.raises(PositionError) as info:
+        store.release_position("BOSCHLTD", now=1.0)
+    assert info.value.code == 409
+    claimed = store.live_position("BOSCHLTD")
+    assert claimed is not None and claimed.id is not None
+    store.fail_close(claimed.id, "broker down")
+    released = store.release_position("BOSCHLTD", now=1100.0)
+    assert (released.state, released.closed_at, released.exit_price) == (
+        State.RELEASED, 1100.0, None)
+    assert store.live_positions() == []
+    with pytest.raises(PositionError) as info:
+        store.claim_close("BOSCHLTD", "stop_loss")  # nothing to retry any more
+    assert info.value.code == 404
+    assert [p.state for p in store.positions()] == [State.RELEASED]
+    store.add_position(long_position(opened_at=1200.0))  # the symbol may be guarded again
+
+
+def test_a_refused_attempt_gets_a_new_client_order_id(store: Store) -> None:
+    """A2: a refused or partly filled attempt is over; the rest goes out under a new id."""
+    store.add_position(long_position())
+    claimed = store.claim_close("BOSCHLTD", "stop_loss")
+    first = claimed.client_order_id
+    assert first is not None and first.isalnum() and len(first) <= 20
+    part = store.end_attempt(claimed, "partly filled", filled=4.0, price=550.0)
+    assert part is not None
+    assert part.client_order_id not in (None, first) and part.client_order_id.isalnum()
+    assert (part.filled_quantity, part.filled_value, part.remaining) == (4.0, 2200.0, 6.0)
+    assert part.close_attempts == 1
+    assert store.end_attempt(claimed, "stale id") is None  # that attempt was already ended
+    refused = store.end_attempt(part, "rejected")
+    assert refused is not None and refused.client_order_id != part.client_order_id
+    assert refused.filled_quantity == 4.0
+
+
+def test_a_fill_is_recorded_even_after_a_loser_failed_the_round(store: Store) -> None:
+    """A3: a fill recorded by the winner is not lost to a loser's close_failed."""
+    added = store.add_position(long_position())
+    assert added.id is not None
+    store.claim_close("BOSCHLTD", "stop_loss")
+    store.fail_close(added.id, "second round failed")
+    closed = store.finish_close(added.id, "ord-1", 559.0, -160.0, 1100.0)
+    assert closed is not None and closed.state is State.CLOSED
+
+
+def test_a_close_and_its_alert_are_one_transaction(store: Store) -> None:
+    """B1: the outbox row is written with the transition, or not at all."""
+    added = store.add_position(long_position())
+    assert added.id is not None
+    store.claim_close("BOSCHLTD", "stop_loss")
+    outcome = store.fail_close(added.id, "down", alert=an_alert("failed!"), now=5.0)
+    assert outcome is not None and outcome[1] is True
+    store.claim_close("BOSCHLTD", "stop_loss")
+    outcome = store.fail_close(added.id, "down", alert=an_alert("failed again!"), now=6.0)
+    assert outcome is not None and outcome[1] is False  # one failure alert per position
+    store.claim_close("BOSCHLTD", "stop_loss")
+    store.finish_close(added.id, "ord-1", 559.0, -160.0, 1100.0, alert=an_alert())
+    assert [a.text for a in store.pending_alerts()] == ["failed!", "closed!"]
+    # A transition that does not happen writes no alert.
+    assert store.finish_close(added.id, "ord-2", 1.0, 1.0, 1200.0, alert=an_alert("x")) is None
+    assert store.pending_count() == 2
+
+
+def test_a_close_at_the_broker_has_no_exit_price(store: Store) -> None:
+    """A1: closed_at_broker is closed with the exit price honestly unknown."""
+    added = store.add_position(long_position())
+    assert added.id is not None
+    store.claim_close("BOSCHLTD", "stop_loss")
+    closed = store.finish_close(added.id, None, None, None, 1100.0, reason="closed_at_broker")
+    assert closed is not None
+    assert (closed.state, closed.reason, closed.exit_price, closed.pnl) == (
+        State.CLOSED, "closed_at_broker", None, None)
+
+
+V1_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE positions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    symbol TEXT NOT NULL,
+    side TEXT NOT NULL CHECK (side IN ('long', 'short')),
+    quantity REAL NOT NULL CHECK (quantity > 0),
+    entry_price REAL NOT NULL CHECK (entry_price > 0),
+    stop_loss REAL,
+    take_profit REAL,
+    state TEXT NOT NULL CHECK (state IN ('open', 'closing', 'closed', 'close_failed')),
+    client_order_id TEXT UNIQUE,
+    order_id TEXT,
+    exit_price REAL,
+    pnl REAL,
+    reason TEXT,
+    opened_at REAL NOT NULL,
+    closed_at REAL,
+    close_attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    CHECK (state != 'closed' OR (exit_price IS NOT NULL AND client_order_id IS NOT NULL)),
+    CHECK (state = 'open' OR client_order_id IS NOT NULL)
+);
+CREATE UNIQUE INDEX one_live_position_per_symbol ON positions (symbol) WHERE state != 'closed';
+CREATE TABLE dns_addresses (host TEXT PRIMARY KEY, addresses TEXT NOT NULL,
+                            updated_at REAL NOT NULL);
+CREATE TABLE prices (symbol TEXT PRIMARY KEY, price REAL NOT NULL, received_at REAL NOT NULL);
+CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, created_at REAL NOT NULL,
+    kind TEXT NOT NULL, severity TEXT NOT NULL, text TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, sent_at REAL);
+"""

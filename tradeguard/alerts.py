@@ -196,12 +196,36 @@ def position_closed(
 
 
 def close_failed(symbol: str, attempts: int, error: str) -> Alert:
+    # Not "close it at your broker": without a release TradeGuard's next retry
+    # would then sell what is no longer there, a reverse position (finding A1).
     return _alert(
         "close_failed", Severity.CRITICAL,
         f"{symbol}: close FAILED after {attempts} attempts",
         f"Error: {_error(error)}",
         "The position is still open; TradeGuard keeps retrying on every sweep.",
-        "You can: close it at your broker now.",
+        f"You can: close it yourself at your broker, and then POST /api/v1/positions/{symbol}"
+        "/release at once, so that TradeGuard stops guarding it and sends no order of its own.",
+    )
+
+
+def closed_at_broker(symbol: str, side: str, quantity: float) -> Alert:
+    return _alert(
+        "closed_at_broker", Severity.WARNING,
+        f"{symbol}: already closed at the broker",
+        f"TradeGuard went to close the {side} {quantity:g}, but the broker holds none of it.",
+        "No order was sent (it would have opened a reverse position); TradeGuard no longer"
+        " guards it.",
+        "You can: check the closing trade at your broker; its price is not known here.",
+    )
+
+
+def reduced_at_broker(symbol: str, guarded: float, held: float) -> Alert:
+    return _alert(
+        "reduced_at_broker", Severity.WARNING,
+        f"{symbol}: the broker holds less than TradeGuard guarded",
+        f"Guarded {guarded:g}, the broker holds {held:g}.",
+        f"TradeGuard closes the {held:g} the broker holds, never more.",
+        "You can: check for a partial close by hand at your broker.",
     )
 
 
@@ -229,3 +253,9 @@ def supervisor_gave_up(actor: str, restarts: int, window: float) -> Alert:
 
 class AlertSink(Protocol):
     def alert(self, alert: Alert) -> None: ...
+
+
+class QueuingSink(AlertSink, Protocol):
+    def queued(self, alert: Alert) -> None:
+        """An alert its caller wrote to the outbox in its own transaction: log it, wake delivery."""
+        ...

@@ -27,6 +27,21 @@ class BrokerError(TradeGuardError):
     """The broker refused, failed or could not be reached for an order."""
 
 
+class BrokerUnavailable(BrokerError):
+    """No answer, or one that says nothing final (timeout, reset, 5xx, DNS): a retry may work.
+
+    The order may have reached the broker, so a retry reuses its client order id.
+    """
+
+
+class BrokerRefused(BrokerError):
+    """The broker said no (rejected, cancelled, 4xx): that attempt is over.
+
+    Sending the same client order id again gets the same refusal back, so what
+    is still open goes out under a new id, in a later round.
+    """
+
+
 class NotifyError(TradeGuardError):
     """A notification was not delivered; `permanent` when retrying cannot help."""
 

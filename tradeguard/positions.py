@@ -41,6 +41,7 @@ class Reason(enum.StrEnum):
     TAKE_PROFIT = "take_profit"
     EMERGENCY = "emergency"
     BLIND = "blind"  # closed by blind_policy = "close"
+    CLOSED_AT_BROKER = "closed_at_broker"  # the broker held nothing: no order was sent
 
 
 MANUAL_REASONS = (Reason.STOP_LOSS, Reason.TAKE_PROFIT, Reason.EMERGENCY)  # an operator may give
@@ -72,6 +73,14 @@ class Position:
     # a tick's received time; they are never stored.
     opened_mono: float | None = None
     levels_mono: float | None = None
+    # What earlier close attempts filled (a partial fill): quantity and sum of quantity x price.
+    filled_quantity: float = 0.0
+    filled_value: float = 0.0
+
+    @property
+    def remaining(self) -> float:
+        """What a close still has to sell (long) or buy (short)."""
+        return max(0.0, self.quantity - self.filled_quantity)
 
     @property
     def exit_side(self) -> str:

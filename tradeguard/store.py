@@ -11,24 +11,26 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from tradeguard.alerts import OutboxEntry
+from tradeguard.alerts import Alert, OutboxEntry
 from tradeguard.errors import PositionError, StoreError
 from tradeguard.positions import Position, Side, State
 from tradeguard.prices import Tick
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+# Version 2: state `released`; a `closed_at_broker` close has no exit price;
+# the filled part of a close (partial fills); whether its failure was alerted.
+_POSITIONS = """
 CREATE TABLE IF NOT EXISTS positions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     symbol TEXT NOT NULL,
@@ -37,7 +39,8 @@ CREATE TABLE IF NOT EXISTS positions (
     entry_price REAL NOT NULL CHECK (entry_price > 0),
     stop_loss REAL,
     take_profit REAL,
-    state TEXT NOT NULL CHECK (state IN ('open', 'closing', 'closed', 'close_failed')),
+    state TEXT NOT NULL
+        CHECK (state IN ('open', 'closing', 'closed', 'close_failed', 'released')),
     client_order_id TEXT UNIQUE,
     order_id TEXT,
     exit_price REAL,
@@ -47,27 +50,57 @@ CREATE TABLE IF NOT EXISTS positions (
     closed_at REAL,
     close_attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
-    CHECK (state != 'closed' OR (exit_price IS NOT NULL AND client_order_id IS NOT NULL)),
-    CHECK (state = 'open' OR client_order_id IS NOT NULL)
-);
-CREATE UNIQUE INDEX IF NOT EXISTS one_live_position_per_symbol
-    ON positions (symbol) WHERE state != 'closed';
-CREATE TABLE IF NOT EXISTS dns_addresses (
-    host TEXT PRIMARY KEY, addresses TEXT NOT NULL, updated_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS prices (
-    symbol TEXT PRIMARY KEY, price REAL NOT NULL, received_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    created_at REAL NOT NULL,
-    kind TEXT NOT NULL,
-    severity TEXT NOT NULL,
-    text TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    sent_at REAL
-);
-"""
+    filled_quantity REAL NOT NULL DEFAULT 0 CHECK (filled_quantity >= 0),
+    filled_value REAL NOT NULL DEFAULT 0,
+    failure_alerted INTEGER NOT NULL DEFAULT 0,
+    CHECK (state != 'closed' OR client_order_id IS NOT NULL),
+    CHECK (state != 'closed' OR exit_price IS NOT NULL OR reason = 'closed_at_broker'),
+    CHECK (state IN ('open', 'released') OR client_order_id IS NOT NULL)
+)"""
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    _POSITIONS,
+    """CREATE UNIQUE INDEX IF NOT EXISTS one_live_position_per_symbol
+        ON positions (symbol) WHERE state IN ('open', 'closing', 'close_failed')""",
+    """CREATE TABLE IF NOT EXISTS dns_addresses (
+        host TEXT PRIMARY KEY, addresses TEXT NOT NULL, updated_at REAL NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS prices (
+        symbol TEXT PRIMARY KEY, price REAL NOT NULL, received_at REAL NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        created_at REAL NOT NULL,
+        kind TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        text TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        sent_at REAL)""",
+)
+
+_V1_COLUMNS = ("id, symbol, side, quantity, entry_price, stop_loss, take_profit, state,"
+               " client_order_id, order_id, exit_price, pnl, reason, opened_at, closed_at,"
+               " close_attempts, last_error")
+
+
+def _v1_to_v2(db: sqlite3.Connection) -> None:
+    """Rebuild `positions` (SQLite cannot change a CHECK in place), keeping every row.
+
+    A v1 `close_failed` position has had its critical alert.
+    """
+    db.execute("ALTER TABLE positions RENAME TO positions_v1")
+    db.execute(_POSITIONS)
+    db.execute(f"INSERT INTO positions ({_V1_COLUMNS}, failure_alerted)"  # noqa: S608 - constants
+               f" SELECT {_V1_COLUMNS}, state = 'close_failed' FROM positions_v1")
+    db.execute("DROP TABLE positions_v1")  # and its one-live index, made anew below
+
+
+_MIGRATIONS = {1: _v1_to_v2}  # from version N to N + 1
+
+
+def new_client_order_id() -> str:
+    """A fresh id for one close attempt: 20 letters and digits, as Kite and Upstox tags allow."""
+    return "tg" + secrets.token_hex(9)
+
 
 KEEP_SENT_ALERTS = 200
 
@@ -96,7 +129,27 @@ def _position(row: sqlite3.Row) -> Position:
         closed_at=row["closed_at"],
         close_attempts=row["close_attempts"],
         last_error=row["last_error"],
+        filled_quantity=float(row["filled_quantity"]),
+        filled_value=float(row["filled_value"]),
     )
+
+
+def _stored_version(db: sqlite3.Connection) -> int | None:
+    """The schema version a file was written with; None for a new, empty file."""
+    has_meta = db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
+    row = has_meta and db.execute(
+        "SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return int(row["value"]) if row else None
+
+
+def _enqueue(db: sqlite3.Connection, alert: Alert | None, now: float) -> None:
+    """The alert of a transition, in the transition's own transaction (SPEC §4)."""
+    if alert is not None:
+        db.execute(
+            "INSERT INTO outbox (created_at, kind, severity, text) VALUES (?, ?, ?, ?)",
+            (now, alert.kind, alert.severity.value, alert.text),
+        )
 
 
 class Store:
@@ -118,6 +171,9 @@ class Store:
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
         self._lock = threading.RLock()
+        # id -> (opened_mono, levels_mono) of positions opened in this process:
+        # never stored, since the monotonic clock means nothing to the next one.
+        self._mono: dict[int, tuple[float | None, float | None]] = {}
         self._migrate()
 
     def close(self) -> None:
@@ -146,23 +202,23 @@ class Store:
                 raise StoreError(f"store {self.path}: {exc}") from exc
 
     def _migrate(self) -> None:
-        with self._lock:
-            try:
-                self._db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
-            except sqlite3.Error as exc:
-                raise StoreError(f"cannot create schema in {self.path}: {exc}") from exc
+        """Create the schema, or bring an older file's up to SCHEMA_VERSION, in one transaction."""
         with self._tx() as db:
-            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if row is None:
-                db.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
-                    (str(SCHEMA_VERSION),),
-                )
-            elif int(row["value"]) > SCHEMA_VERSION:
+            version = _stored_version(db)
+            if version is not None and version > SCHEMA_VERSION:
                 raise StoreError(
-                    f"{self.path} has schema {row['value']}, newer than this TradeGuard "
+                    f"{self.path} has schema {version}, newer than this TradeGuard "
                     f"({SCHEMA_VERSION}); upgrade TradeGuard or use another store.path"
                 )
+            for step in range(version or SCHEMA_VERSION, SCHEMA_VERSION):
+                _MIGRATIONS[step](db)
+            for statement in _SCHEMA:
+                db.execute(statement)
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(SCHEMA_VERSION),),
+            )
 
     def schema_version(self) -> int:
         return int(self._query("SELECT value FROM meta WHERE key='schema_version'")[0][0])
@@ -171,6 +227,7 @@ class Store:
 
     def add_position(self, position: Position) -> Position:
         """Insert an open position; 409 if the symbol already has a live one."""
+        opened = time.monotonic()  # before the insert: a tick from then on may decide
         try:
             with self._tx() as db:
                 cur = db.execute(
@@ -181,7 +238,8 @@ class Store:
                      position.opened_at),
                 )
                 row = db.execute("SELECT * FROM positions WHERE id = ?", (cur.lastrowid,))
-                return _position(row.fetchone())
+                self._mono[int(cur.lastrowid or 0)] = (opened, None)
+                return self._stamped(_position(row.fetchone()))
         except StoreError as exc:
             # Only the one-live-position index means "already open"; a failed
             # CHECK or NOT NULL is a caller's bug and must not look like a 409.
@@ -197,6 +255,7 @@ class Store:
 
     def update_levels(self, position: Position) -> Position:
         """Store new stop-loss / take-profit levels of an open position."""
+        changed = time.monotonic()
         with self._tx() as db:
             row = db.execute(
                 "UPDATE positions SET stop_loss = ?, take_profit = ? WHERE symbol = ?"
@@ -205,13 +264,21 @@ class Store:
             ).fetchone()
         if row is None:
             raise PositionError(f"{position.symbol}: no open position", 404)
-        return _position(row)
+        self._mono[row["id"]] = (self._mono.get(row["id"], (None, None))[0], changed)
+        return self._stamped(_position(row))
+
+    def _stamped(self, position: Position) -> Position:
+        """The position with this process's monotonic open and level-change times."""
+        mono = self._mono.get(position.id or 0)
+        if mono is None:
+            return position
+        return replace(position, opened_mono=mono[0], levels_mono=mono[1])
 
     def live_position(self, symbol: str) -> Position | None:
         rows = self._query(
-            "SELECT * FROM positions WHERE symbol = ? AND state != 'closed'", (symbol,)
-        )
-        return _position(rows[0]) if rows else None
+            "SELECT * FROM positions WHERE symbol = ?"
+            " AND state IN ('open', 'closing', 'close_failed')", (symbol,))
+        return self._stamped(_position(rows[0])) if rows else None
 
     def position(self, position_id: int) -> Position | None:
         rows = self._query("SELECT * FROM positions WHERE id = ?", (position_id,))
@@ -219,14 +286,16 @@ class Store:
 
     def live_positions(self) -> list[Position]:
         """Open, closing and close_failed positions, oldest first."""
-        rows = self._query("SELECT * FROM positions WHERE state != 'closed' ORDER BY id")
-        return [_position(r) for r in rows]
+        rows = self._query("SELECT * FROM positions"
+                           " WHERE state IN ('open', 'closing', 'close_failed') ORDER BY id")
+        return [self._stamped(_position(r)) for r in rows]
 
     def positions(self, limit: int = 200) -> list[Position]:
-        """Live positions and the most recently closed ones."""
+        """Live positions and the most recently closed (or released) ones."""
         rows = self._query(
-            "SELECT * FROM positions WHERE state != 'closed' UNION ALL"
-            " SELECT * FROM (SELECT * FROM positions WHERE state = 'closed'"
+            "SELECT * FROM positions WHERE state IN ('open', 'closing', 'close_failed')"
+            " UNION ALL SELECT * FROM (SELECT * FROM positions"
+            " WHERE state IN ('closed', 'released')"
             " ORDER BY closed_at DESC LIMIT ?)",
             (limit,),
         )
@@ -236,16 +305,16 @@ class Store:
         """Mark a position `closing` and give it its client order id, atomically.
 
         Exactly one caller wins; the others get PositionError 409 (a close is
-        under way) or 404 (nothing live to close). The client order id is made
-        once per position and kept across retries, so the broker sees one order.
+        under way) or 404 (nothing live to close). The client order id is kept
+        across retries, so the broker sees one order, until `end_attempt`
+        replaces it.
         """
-        new_id = f"tg-{uuid.uuid4().hex[:20]}"
         with self._tx() as db:
             row = db.execute(
                 "UPDATE positions SET state = 'closing', reason = ?,"
                 " client_order_id = COALESCE(client_order_id, ?)"
                 " WHERE symbol = ? AND state IN ('open', 'close_failed') RETURNING *",
-                (reason, new_id, symbol),
+                (reason, new_client_order_id(), symbol),
             ).fetchone()
             if row is not None:
                 return _position(row)
@@ -256,6 +325,26 @@ class Store:
             raise PositionError(f"{symbol}: a close is already under way", 409)
         raise PositionError(f"{symbol}: no open position", 404)
 
+    def release_position(self, symbol: str, now: float) -> Position:
+        """`open` or `close_failed` -> `released`: no longer guarded, nothing sent (SPEC §6).
+
+        404 if nothing live, 409 while a close is under way.
+        """
+        with self._tx() as db:
+            row = db.execute(
+                "UPDATE positions SET state = 'released', closed_at = ?"
+                " WHERE symbol = ? AND state IN ('open', 'close_failed') RETURNING *",
+                (now, symbol),
+            ).fetchone()
+            busy = row is None and db.execute(
+                "SELECT 1 FROM positions WHERE symbol = ? AND state = 'closing'", (symbol,)
+            ).fetchone()
+        if row is not None:
+            return _position(row)
+        if busy:
+            raise PositionError(f"{symbol}: a close is under way", 409)
+        raise PositionError(f"{symbol}: no open position", 404)
+
     def record_attempt(self, position_id: int, error: str | None) -> None:
         with self._tx() as db:
             db.execute(
@@ -264,28 +353,92 @@ class Store:
                 (error, position_id),
             )
 
-    def finish_close(
-        self, position_id: int, order_id: str, exit_price: float, pnl: float, closed_at: float
+    def end_attempt(
+        self, position: Position, error: str, filled: float = 0.0, price: float = 0.0
     ) -> Position | None:
-        """`closing` -> `closed` with the broker's fill; None if it was not closing."""
+        """A refused or partly filled attempt is over: count its fill, give the rest a new id.
+
+        Only while `position` is closing under the id that attempt used; None otherwise.
+        """
         with self._tx() as db:
             row = db.execute(
-                "UPDATE positions SET state = 'closed', order_id = ?, exit_price = ?, pnl = ?,"
-                " closed_at = ?, last_error = NULL WHERE id = ? AND state = 'closing'"
-                " RETURNING *",
-                (order_id, exit_price, pnl, closed_at, position_id),
+                "UPDATE positions SET client_order_id = ?, close_attempts = close_attempts + 1,"
+                " last_error = ?, filled_quantity = filled_quantity + ?,"
+                " filled_value = filled_value + ? WHERE id = ? AND state = 'closing'"
+                " AND client_order_id = ? RETURNING *",
+                (new_client_order_id(), error, filled, filled * price, position.id,
+                 position.client_order_id),
             ).fetchone()
         return _position(row) if row is not None else None
 
-    def fail_close(self, position_id: int, error: str) -> Position | None:
-        """`closing` -> `close_failed`; the sweep will claim it again."""
+    def follow_holding(self, position_id: int, quantity: float) -> Position | None:
+        """The broker holds less than guarded: the position's quantity follows it (SPEC §12)."""
         with self._tx() as db:
             row = db.execute(
-                "UPDATE positions SET state = 'close_failed', last_error = ?"
-                " WHERE id = ? AND state = 'closing' RETURNING *",
-                (error, position_id),
+                "UPDATE positions SET quantity = ? WHERE id = ? AND state = 'closing'"
+                " RETURNING *",
+                (quantity, position_id),
             ).fetchone()
         return _position(row) if row is not None else None
+
+    def finish_close(
+        self,
+        position_id: int,
+        order_id: str | None,
+        exit_price: float | None,
+        pnl: float | None,
+        closed_at: float,
+        *,
+        alert: Alert | None = None,
+        reason: str | None = None,
+        filled_quantity: float | None = None,
+        filled_value: float | None = None,
+    ) -> Position | None:
+        """`closing` -> `closed` with the broker's fill, and its alert; None if not closing.
+
+        A `close_failed` position is closed too: a fill is the broker's truth, even
+        when a failed round (a loser of a race) has been recorded since.
+        """
+        with self._tx() as db:
+            row = db.execute(
+                "UPDATE positions SET state = 'closed', order_id = ?, exit_price = ?, pnl = ?,"
+                " closed_at = ?, last_error = NULL, reason = COALESCE(?, reason),"
+                " filled_quantity = COALESCE(?, filled_quantity),"
+                " filled_value = COALESCE(?, filled_value)"
+                " WHERE id = ? AND state IN ('closing', 'close_failed') RETURNING *",
+                (order_id, exit_price, pnl, closed_at, reason, filled_quantity, filled_value,
+                 position_id),
+            ).fetchone()
+            if row is not None:
+                _enqueue(db, alert, closed_at)
+        return _position(row) if row is not None else None
+
+    def fail_close(
+        self, position_id: int, error: str, *, alert: Alert | None = None,
+        now: float | None = None,
+    ) -> tuple[Position, bool] | None:
+        """`closing` -> `close_failed`; the sweep will claim it again. None if not closing.
+
+        `alert` is queued in the same transaction, the first time only: one
+        critical alert per position, whatever the rounds and restarts. The
+        flag says whether it was queued now.
+        """
+        with self._tx() as db:
+            before = db.execute(
+                "SELECT failure_alerted FROM positions WHERE id = ? AND state = 'closing'",
+                (position_id,),
+            ).fetchone()
+            if before is None:
+                return None
+            row = db.execute(
+                "UPDATE positions SET state = 'close_failed', last_error = ?,"
+                " failure_alerted = 1 WHERE id = ? RETURNING *",
+                (error, position_id),
+            ).fetchone()
+            first = not before["failure_alerted"]
+            if first:
+                _enqueue(db, alert, time.time() if now is None else now)
+        return _position(row), first and alert is not None
 
     # DNS memory (serve-stale) --------------------------------------------
 
@@ -307,14 +460,20 @@ class Store:
 
     # Price snapshot --------------------------------------------------------
 
-    def save_prices(self, ticks: Iterable[Tick]) -> None:
+    def save_prices(self, ticks: Iterable[Tick], forget: Iterable[str] = ()) -> None:
+        """Upsert wall-clock stamped ticks, and drop the `forget` symbols, in one transaction.
+
+        The newest save wins whatever its stamps: only the cache writes here, and
+        a wall clock stepped back must not freeze the snapshot (finding A4).
+        """
         with self._tx() as db:
             db.executemany(
                 "INSERT INTO prices (symbol, price, received_at) VALUES (?, ?, ?)"
                 " ON CONFLICT (symbol) DO UPDATE SET price = excluded.price,"
-                " received_at = excluded.received_at WHERE excluded.received_at >= received_at",
+                " received_at = excluded.received_at",
                 [(t.symbol, t.price, t.received_at) for t in ticks],
             )
+            db.executemany("DELETE FROM prices WHERE symbol = ?", [(s,) for s in forget])
 
     def load_prices(self) -> list[Tick]:
         rows = self._query("SELECT symbol, price, received_at FROM prices")

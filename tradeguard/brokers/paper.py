@@ -6,15 +6,16 @@ import threading
 import time
 from collections.abc import Callable
 
-from tradeguard.brokers.base import CloseOrder, Fill
-from tradeguard.errors import BrokerError
+from tradeguard.brokers.base import CloseOrder, Fill, Holding
+from tradeguard.errors import BrokerUnavailable
 from tradeguard.prices import Quote, valid_price
 
 
 class PaperBroker:
     """Fills at the freshest price it has: the cached quote or the order's hint.
 
-    Prices older than `max_age` are refused. The service passes no limit: a
+    Prices older than `max_age` are refused. `clock` is the clock the quotes'
+    receive times are on: the monotonic one (SPEC §4 "Clocks"). The service passes no limit: a
     market order fills whatever the market does, so a close of a blind
     position fills at the last price seen, and the fill reports its true age.
 
@@ -26,7 +27,7 @@ class PaperBroker:
     def __init__(
         self,
         quote: Callable[[str], Quote | None],
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
         *,
         max_age: float = 300.0,  # prices older than this are not filled at
         on_order: Callable[[CloseOrder, float], None] | None = None,
@@ -57,22 +58,33 @@ class PaperBroker:
         with self._lock:
             return self._fills.get(client_order_id)
 
+    def holding(self, symbol: str) -> Holding | None:
+        """Paper keeps no book of positions: it cannot tell."""
+        return None
+
     def _freshest(self, order: CloseOrder) -> tuple[float, float]:
-        """(price, age) of the most recently received usable price for the symbol."""
+        """(price, age) of the most recently received usable price for the symbol.
+
+        Most recent by receive order: the cache holds the last tick it was given,
+        so the hint wins only if received strictly later. On a tie (ticks of one
+        frame share a receive time) the cached, later tick wins, whatever its
+        price (A16).
+        """
         now = self._clock()
-        candidates: list[tuple[float, float]] = []  # (received_at, price)
+        best: tuple[float, float] | None = None  # (received_at, price)
         cached = self._quote(order.symbol)
         if cached is not None and now - cached.received_at <= self._max_age:
-            candidates.append((cached.received_at, cached.price))
+            best = (cached.received_at, cached.price)
         hint = order.hint
         if (
             hint is not None
             and hint.symbol == order.symbol
             and valid_price(hint.price)
             and now - hint.received_at <= self._max_age
+            and (best is None or hint.received_at > best[0])
         ):
-            candidates.append((hint.received_at, hint.price))
-        if not candidates:
-            raise BrokerError(f"no usable price for {order.symbol}")
-        received_at, price = max(candidates)
+            best = (hint.received_at, hint.price)
+        if best is None:
+            raise BrokerUnavailable(f"no usable price for {order.symbol}")
+        received_at, price = best
         return price, max(0.0, now - received_at)

@@ -16,6 +16,12 @@ def _noop() -> None:
     """No one to wake: the notifier finds the alert on its next look at the outbox."""
 
 
+def _logged(alert: Alert) -> str:
+    one_line = alert.text.replace("\n", " | ")
+    logger.log(LOG_LEVELS[alert.severity], "[ALERT] %s", one_line)
+    return one_line
+
+
 class OutboxAlerts:
     """Logs every alert, then queues it in the store's outbox for Telegram.
 
@@ -35,8 +41,7 @@ class OutboxAlerts:
         self._clock = clock
 
     def alert(self, alert: Alert) -> None:
-        one_line = alert.text.replace("\n", " | ")
-        logger.log(LOG_LEVELS[alert.severity], "[ALERT] %s", one_line)
+        one_line = _logged(alert)
         try:
             self._store.enqueue_alert(
                 alert.kind, alert.severity.value, alert.text, self._clock()
@@ -44,6 +49,14 @@ class OutboxAlerts:
         except Exception:
             logger.exception("[ALERT] not queued for Telegram, only logged: %s", one_line)
             return
+        self._wake()
+
+    def queued(self, alert: Alert) -> None:
+        """An alert already in the outbox, written with the transition it tells of."""
+        _logged(alert)
+        self._wake()
+
+    def _wake(self) -> None:
         try:
             self._on_enqueued()
         except Exception:
