@@ -15,7 +15,6 @@ reverse. `System` is also what the HTTP layer calls (`tradeguard.web.ports`).
 from __future__ import annotations
 
 import logging
-import math
 import os
 import secrets
 import time
@@ -36,7 +35,7 @@ from actors.notifier import NotifierActor
 from actors.services import Services
 from actors.supervisor import ChildSpec, Supervisor
 from tradeguard import alerts
-from tradeguard.brokers import Broker, HttpBroker, PaperBroker
+from tradeguard.brokers import Broker, make_broker
 from tradeguard.closing import Closer
 from tradeguard.config import Config, is_loopback
 from tradeguard.errors import PositionError
@@ -52,7 +51,7 @@ from tradeguard.positions import (
     position_from_request,
     validate_symbol,
 )
-from tradeguard.prices import Freshness, PriceCache
+from tradeguard.prices import Freshness, PriceCache, Quote
 from tradeguard.store import Store
 
 logger = logging.getLogger(__name__)
@@ -82,14 +81,6 @@ def ensure_api_token(cfg: Config) -> tuple[str, Path | None]:
     return token, path
 
 
-def make_broker(cfg: Config, cache: PriceCache, resolver: Resolver) -> Broker:
-    if cfg.broker.kind == "http":
-        return HttpBroker(cfg.broker.url, cfg.broker.token, cfg.broker.timeout, resolver)
-    # No age limit: a market close of a blind position fills at the last price
-    # seen, and the fill (and the API answer) carries that price's true age.
-    return PaperBroker(lambda symbol: cache.quote(symbol, time.time()), max_age=math.inf)
-
-
 class System:
     """Everything one `tradeguard run` holds, and the operations the API offers."""
 
@@ -116,9 +107,12 @@ class System:
             observer=metrics.dns_observer,
         )
         sink = OutboxAlerts(store, on_enqueued=self._kick_notifier)
-        broker = broker or make_broker(cfg, cache, resolver)
+        def quote(symbol: str) -> Quote | None:
+            return cache.quote(symbol, time.monotonic())
+
+        broker = broker or make_broker(cfg, quote=quote, resolver=resolver)
         closer = Closer(
-            store, broker, sink, max_retries=cfg.monitor.max_close_retries,
+            store, broker, sink, max_retries=cfg.monitor.max_close_retries, quote=quote,
             currency=cfg.display.currency,
             observe=lambda reason, result: metrics.position_closes.labels(
                 reason=reason, result=result).inc(),
