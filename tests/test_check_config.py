@@ -13,7 +13,7 @@ import pytest
 
 from tradeguard.config import MASK, load_config, masked
 
-SECRETS = ("api-secret-7f3a", "broker-secret-91c2", "1234:bot-secret-55de")
+SECRETS = ("api-secret-7f3a-0123456789", "broker-secret-91c2", "1234:bot-secret-55de")
 
 VALID = f"""
 [feed]
@@ -154,3 +154,41 @@ def test_an_error_report_never_shows_a_secret(tmp_path: Path) -> None:
     assert "api.token" in result.stderr
     for secret in (*SECRETS, "8675309123"):
         assert secret not in result.stdout + result.stderr
+
+
+def test_d4_credentials_inside_urls_are_masked(tmp_path: Path) -> None:
+    """D4: a feed API key in the query string and broker userinfo never reach the printout."""
+    path = tmp_path / "urls.toml"
+    path.write_text(
+        '[feed]\nurl = "wss://feed.example.com/ws?apikey=feed-key-77aa&mode=ltp"\n'
+        '[broker]\nkind = "http"\nurl = "https://ops:broker-pass-31bb@broker.example.com/v1"\n',
+        encoding="utf-8")
+    for extra in ((), ("--json",)):
+        result = run_check("--config", str(path), *extra)
+        assert result.returncode == 0, result.stderr
+        for secret in ("feed-key-77aa", "broker-pass-31bb", "ops:"):
+            assert secret not in result.stdout + result.stderr
+        assert "feed.example.com/ws?apikey=" in result.stdout
+        assert "broker.example.com/v1" in result.stdout
+
+
+def test_b3_a_relative_store_path_is_relative_to_the_config_file(tmp_path: Path) -> None:
+    """B3: started from another directory, the store is still the one beside the config."""
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    path = folder / "tg.toml"
+    path.write_text('[store]\npath = "state/tradeguard.db"\n', encoding="utf-8")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = run_check("--config", str(path), "--json", cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["store"]["path"] == str(folder / "state" / "tradeguard.db")
+
+
+def test_c13_an_unrelated_tradeguard_variable_does_not_stop_check_config(
+    valid_file: Path,
+) -> None:
+    """C13: TRADEGUARD_VERSION set by a deployment tool is warned about, not fatal."""
+    result = run_check("--config", str(valid_file), env={"TRADEGUARD_VERSION": "1.4"})
+    assert result.returncode == 0, result.stderr
+    assert "TRADEGUARD_VERSION: ignored" in result.stderr

@@ -144,13 +144,13 @@ def write(tmp_path: Path, text: str, name: str = "tg.toml") -> Path:
 
 
 def test_every_key_has_the_spec_default() -> None:
-    assert dataclasses.asdict(Config()) == SPEC_DEFAULTS
+    assert masked(Config()) == SPEC_DEFAULTS
 
 
 def test_the_seed_constants_keep_their_values() -> None:
     cfg = Config()
     assert cfg.feed.reconnect_jitter == 0.5
-    assert cfg.dns.fallback_servers == ["8.8.8.8", "1.1.1.1", "8.8.4.4", "1.0.0.1"]
+    assert cfg.dns.fallback_servers == ("8.8.8.8", "1.1.1.1", "8.8.4.4", "1.0.0.1")
     assert cfg.dns.timeout == 5
     assert cfg.prices.cache_timeout == 300
     assert cfg.monitor.max_close_retries == 3
@@ -167,7 +167,8 @@ def test_an_empty_mapping_is_the_defaults_and_numbers_are_typed() -> None:
 
 def test_the_spec_example_file_loads(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, SPEC_TOML), {})
-    assert cfg == Config().replace("feed", url="wss://feed.example.com/ws")
+    assert cfg == Config().replace("feed", url="wss://feed.example.com/ws").replace(
+        "store", path=str(tmp_path / "tradeguard.db"))
 
 
 def test_toml_values_are_read_and_integers_widen_to_floats(tmp_path: Path) -> None:
@@ -184,10 +185,10 @@ port = 9090
 """)
     cfg = load_config(path, {})
     assert cfg.feed.url == "ws://127.0.0.1:9001/ws"
-    assert cfg.feed.symbols == ["BOSCHLTD", "INFY"]
+    assert cfg.feed.symbols == ("BOSCHLTD", "INFY")
     assert cfg.feed.reconnect_max_delay == 30.0
     assert isinstance(cfg.feed.reconnect_max_delay, float)
-    assert cfg.dns.fallback_servers == ["127.0.0.1:5353"]
+    assert cfg.dns.fallback_servers == ("127.0.0.1:5353",)
     assert cfg.dns.serve_stale is False
     assert cfg.api.port == 9090
     assert cfg.feed.ping_interval == 10.0  # untouched keys keep their defaults
@@ -221,9 +222,9 @@ def test_replace_changes_one_key_of_one_section() -> None:
         ("TRADEGUARD_DEBUG_FAULT_INJECTION", "YES", "debug", "fault_injection", True),
         ("TRADEGUARD_DEBUG_FAULT_INJECTION", "on", "debug", "fault_injection", True),
         ("TRADEGUARD_DNS_FALLBACK_SERVERS", "127.0.0.1:5353, [::1]:5353,,",
-         "dns", "fallback_servers", ["127.0.0.1:5353", "[::1]:5353"]),
-        ("TRADEGUARD_FEED_SYMBOLS", "BOSCHLTD", "feed", "symbols", ["BOSCHLTD"]),
-        ("TRADEGUARD_FEED_SYMBOLS", "", "feed", "symbols", []),
+         "dns", "fallback_servers", ("127.0.0.1:5353", "[::1]:5353")),
+        ("TRADEGUARD_FEED_SYMBOLS", "BOSCHLTD", "feed", "symbols", ("BOSCHLTD",)),
+        ("TRADEGUARD_FEED_SYMBOLS", "", "feed", "symbols", ()),
         ("TRADEGUARD_TELEGRAM_BOT_TOKEN", "123:abc", "telegram", "bot_token", "123:abc"),
         ("TRADEGUARD_TELEGRAM_CHAT_ID", "-100", "telegram", "chat_id", "-100"),
     ],
@@ -248,7 +249,7 @@ def test_environment_wins_over_the_file(tmp_path: Path) -> None:
 def test_other_environment_variables_are_ignored(tmp_path: Path) -> None:
     path = write(tmp_path, "")
     env = {"TRADEGUARD_CONFIG": str(path), "HOME": "/root", "tradeguard_api_port": "1"}
-    assert load_config(None, env) == Config()
+    assert load_config(None, env) == Config().replace("store", path=str(tmp_path / "tradeguard.db"))
 
 
 @pytest.mark.parametrize(
@@ -279,10 +280,23 @@ def test_an_unknown_environment_key_is_reported_with_a_suggestion() -> None:
     assert "'reconnect_max_delay'" in problem
 
 
-def test_an_unknown_environment_section_is_reported_with_a_suggestion() -> None:
-    problem = only_problem({}, {"TRADEGUARD_FEDD_URL": "ws://x"})
-    assert "TRADEGUARD_FEDD_URL" in problem
-    assert "'feed'" in problem
+@pytest.mark.parametrize("name", ["TRADEGUARD_VERSION", "TRADEGUARD_HOME", "TRADEGUARD_FEDD_URL"])
+def test_c13_a_variable_outside_every_section_is_ignored_with_a_warning(
+    name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """C13: a deployment tool's TRADEGUARD_VERSION must not stop `run` with 78."""
+    cfg = config_from_mapping({}, {name: "1.2.3"})
+    assert cfg == Config()
+    warning = next(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert warning.startswith(f"{name}: ignored")
+    if name == "TRADEGUARD_FEDD_URL":
+        assert "'feed'" in warning  # the suggestion survives
+
+
+def test_c13_a_known_section_with_an_unknown_key_is_still_an_error() -> None:
+    problem = only_problem({}, {"TRADEGUARD_FEED_URLS": "ws://x"})
+    assert problem.startswith("TRADEGUARD_FEED_URLS: feed has no key 'urls'")
+    assert "'url'" in problem
 
 
 def test_an_environment_override_of_a_section_that_is_not_a_table() -> None:
@@ -522,7 +536,7 @@ def test_run_requires_a_feed_url() -> None:
 
 def test_masked_hides_every_secret_and_nothing_else() -> None:
     cfg = config_from_mapping(
-        {"api": {"token": "api-secret"}, "broker": {"token": "broker-secret"},
+        {"api": {"token": "api-secret-0123456"}, "broker": {"token": "broker-secret"},
          "telegram": {"bot_token": "bot-secret", "chat_id": "42"}},
         {},
     )
@@ -532,8 +546,9 @@ def test_masked_hides_every_secret_and_nothing_else() -> None:
     assert data["telegram"]["bot_token"] == MASK
     assert "secret" not in repr(data)
     assert data["telegram"]["chat_id"] == "42"
-    assert cfg.api.token == "api-secret"  # the config itself keeps the real value
-    expected = dataclasses.asdict(cfg)
+    assert cfg.api.token == "api-secret-0123456"  # the config itself keeps the real value
+    expected = {section: {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+                for section, values in dataclasses.asdict(cfg).items()}
     for section, key in (("api", "token"), ("broker", "token"), ("telegram", "bot_token")):
         expected[section][key] = MASK
     assert data == expected
@@ -548,7 +563,7 @@ def test_an_empty_secret_is_shown_empty() -> None:
 def test_rendered_toml_parses_back_to_the_same_values() -> None:
     cfg = config_from_mapping(
         {"feed": {"url": "wss://feed.example.com/ws", "symbols": ["A", "B&C"]},
-         "api": {"token": "s3cret"}},
+         "api": {"token": "s3cret-s3cret-s3cret"}},
         {},
     )
     data = masked(cfg)
@@ -575,3 +590,75 @@ def test_any_string_renders_as_toml_that_parses_back(
 )
 def test_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+# Findings --------------------------------------------------------------------------
+
+
+def test_b2_an_in_memory_store_is_refused() -> None:
+    """B2: ":memory:" would lose every position and close claim at the first restart."""
+    assert only_problem({"store": {"path": ":memory:"}}).startswith("store.path: ':memory:'")
+
+
+def test_b3_a_relative_store_path_follows_the_config_file(tmp_path: Path) -> None:
+    """B3: the store is found beside the config, whatever the working directory."""
+    path = write(tmp_path, '[store]\npath = "data/tg.db"\n')
+    assert load_config(path, {}).store.path == str(tmp_path / "data" / "tg.db")
+    via_env = load_config(path, {"TRADEGUARD_STORE_PATH": "other.db"})
+    assert via_env.store.path == str(tmp_path / "other.db")
+    absolute = load_config(path, {"TRADEGUARD_STORE_PATH": "/var/lib/tg/tg.db"})
+    assert absolute.store.path == "/var/lib/tg/tg.db"
+
+
+def test_d6_a_short_configured_api_token_is_refused_without_quoting_it() -> None:
+    """D6: a token under 16 characters can be guessed over the network."""
+    problem = only_problem({"api": {"token": "short-tok"}})
+    assert problem == "api.token: must be at least 16 characters"
+    assert "short-tok" not in problem
+    assert config_from_mapping({"api": {"token": "x" * 16}}, {}).api.token == "x" * 16
+
+
+def test_max_close_retries_has_an_upper_bound() -> None:
+    assert only_problem({"monitor": {"max_close_retries": 21}}) == (
+        "monitor.max_close_retries: must be at most 20")
+    assert config_from_mapping({"monitor": {"max_close_retries": 20}}, {})
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"broker": {"kind": "kyte"}}, "broker.kind: unknown kind 'kyte' (known: "),
+        ({"feed": {"protocol": "xml"}}, "feed.protocol: unknown protocol 'xml' (known: "),
+        ({"monitor": {"blind_policy": "panic"}}, "monitor.blind_policy: must be 'alert' or"),
+    ],
+)
+def test_names_are_checked_against_their_registries(raw: dict[str, Any], expected: str) -> None:
+    assert only_problem(raw).startswith(expected)
+
+
+def test_every_registered_name_is_accepted() -> None:
+    from tradeguard.config import registry
+
+    for kind in registry("tradeguard.brokers:KINDS"):
+        extra = {"url": "https://broker.example.com"} if kind == "http" else {}
+        assert config_from_mapping({"broker": {"kind": kind, **extra}}, {}).broker.kind == kind
+    for protocol in registry("tradeguard.feed:PROTOCOLS"):
+        assert config_from_mapping({"feed": {"protocol": protocol}}, {}).feed.protocol == protocol
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("wss://feed.example.com/ws?apikey=K1&mode=ltp",
+         "wss://feed.example.com/ws?apikey=********&mode=********"),
+        ("https://user:pass@broker.example.com:8443/v1",
+         "https://********@broker.example.com:8443/v1"),
+        ("wss://feed.example.com/ws", "wss://feed.example.com/ws"),
+        ("wss://feed.example.com/ws?token", "wss://feed.example.com/ws?token=********"),
+    ],
+)
+def test_d4_mask_url_hides_query_values_and_userinfo(url: str, shown: str) -> None:
+    """D4: query-string keys and basic-auth userinfo are masked wherever a URL is shown."""
+    from tradeguard.config import mask_url
+
+    assert mask_url(url) == shown
