@@ -9,13 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tradeguard.alerts import OutboxEntry
-from tradeguard.notify.policy import WINDOW, DeliveryPolicy, Message, Plan
+from tradeguard.notify.policy import REPEAT_INTERVAL, WINDOW, DeliveryPolicy, Message, Plan
 
 _ids = count(1)
 
 
-def entry(text: str, severity: str = "warning", created_at: float = 0.0) -> OutboxEntry:
-    return OutboxEntry(next(_ids), created_at, "test", severity, text, 0)
+def entry(text: str, severity: str = "warning", created_at: float = 0.0,
+          kind: str = "") -> OutboxEntry:
+    return OutboxEntry(next(_ids), created_at, kind or f"kind-{text}", severity, text, 0)
 
 
 def texts(plan: Plan) -> list[str]:
@@ -94,23 +95,86 @@ def test_overflow_is_folded_into_one_digest_in_the_last_slot() -> None:
     ]
 
 
-def test_criticals_take_the_budget_first_and_are_never_folded() -> None:
-    policy = DeliveryPolicy(max_per_minute=2)
+def test_criticals_go_first_and_are_never_folded_into_the_digest() -> None:
+    policy = DeliveryPolicy(max_per_minute=4)  # one slot kept for the rest
     w1, c1, w2, c2, c3 = (entry("w1"), entry("c1", "critical"), entry("w2"),
                           entry("c2", "critical"), entry("c3", "critical"))
-    pending = [w1, c1, w2, c2, c3]
-    plan = policy.plan(pending, now=0.0)
-    assert texts(plan) == ["c1", "c2"]  # criticals still waiting: warnings wait behind them
+    plan = policy.plan([w1, c1, w2, c2, c3], now=0.0)
+    digest = "2 more alerts:\nw1\nw2\nFull texts are in the TradeGuard log."
+    assert texts(plan) == [digest, "c1", "c2", "c3"]  # in order of their first entries
+    assert [m.critical for m in plan.messages] == [False, True, True, True]
+
+
+def blind(symbol: str, age: float) -> OutboxEntry:
+    text = f"CRITICAL: {symbol}: position BLIND, no usable price\nLast price 1.00, {age:.0f}s old"
+    return entry(text, "critical", kind="position_blind")
+
+
+def test_C1_a_repeated_critical_is_one_message_per_interval() -> None:
+    """C1: a position still blind is re-alerted with a changing age; the repeats that
+    pile up within the interval fold into one message, the newest in full."""
+    policy = DeliveryPolicy(max_per_minute=20)  # repeat_interval 60 s
+    deliver_all(policy, policy.plan([blind("BOSCH", 301)], 0.0), 0.0)
+    repeats = [blind("BOSCH", 301 + t) for t in (10, 20, 30)]
+    for n, now in enumerate((10.0, 20.0, 30.0), 1):
+        assert policy.plan(repeats[:n], now) == Plan((), (), 60.0)
+    plan = policy.plan(repeats, 60.0)
+    assert texts(plan) == [
+        "CRITICAL: BOSCH: position BLIND, no usable price (x3)\nLast price 1.00, 331s old"]
+    assert plan.messages[0].entry_ids == tuple(e.id for e in repeats)
+
+
+def test_C1_a_new_critical_of_the_kind_goes_at_once_and_carries_the_repeats() -> None:
+    """C1: only repeats wait; another position going blind is news, sent at once."""
+    policy = DeliveryPolicy(max_per_minute=20)
+    deliver_all(policy, policy.plan([blind("BOSCH", 301)], 0.0), 0.0)
+    pending = [blind("BOSCH", 311), blind("INFY", 300), blind("BOSCH", 321)]
+    plan = policy.plan(pending, 20.0)
+    assert texts(plan) == [
+        "CRITICAL: BOSCH: position BLIND, no usable price (x2)\nLast price 1.00, 321s old\n"
+        "Also:\nCRITICAL: INFY: position BLIND, no usable price"]
+    deliver_all(policy, plan, 20.0)
+    assert policy.plan([blind("INFY", 310)], 30.0).retry_at == 80.0
+
+
+def test_C1_criticals_leave_a_share_of_the_budget_to_the_rest() -> None:
+    """C1: with more criticals waiting than slots, the other alerts still move."""
+    policy = DeliveryPolicy(max_per_minute=20)
+    assert policy.reserve == 5
+    criticals = [entry(f"c{i}", "critical") for i in range(30)]  # 30 different kinds
+    closed = entry("BOSCH: position closed (stop-loss)")
+    plan = policy.plan([*criticals, closed], 0.0)
+    assert len(plan.messages) == 16
+    assert texts(plan)[-1] == closed.text
+    assert sum(m.critical for m in plan.messages) == 15
     deliver_all(policy, plan, 0.0)
+    # alone, criticals take every slot
+    assert len(policy.plan(criticals[15:], 0.0).messages) == 4
+    assert DeliveryPolicy(max_per_minute=1).reserve == 0
 
-    pending = [w1, w2, c3]
-    plan = policy.plan(pending, now=30.0)
-    assert plan == Plan((), (), WINDOW)  # no slot until the first two leave the window
 
-    plan = policy.plan(pending, now=WINDOW)
-    assert [m.entry_ids for m in plan.messages] == [(w1.id, w2.id), (c3.id,)]
-    assert plan.messages[0].text.startswith("2 more alerts:")
-    assert plan.messages[1].text == "c3"
+def test_C1_a_blind_storm_does_not_starve_the_position_closed_alert() -> None:
+    """C1: 50 positions blind for an hour, re-alerted every minute each; a close in the
+    middle of it reaches the phone within a minute, and the blind ones cost a few slots."""
+    policy = DeliveryPolicy(max_per_minute=20)
+    pending: list[OutboxEntry] = []
+    sent: list[tuple[float, Message]] = []
+    closed = entry("BOSCH: position closed (stop-loss)\nP&L -1,600.00")
+    for second in range(0, 3600, 5):
+        now = float(second)
+        if second % 60 == 0:
+            pending += [blind(f"SYM{i}", 300 + now) for i in range(50)]
+        if second == 1800:
+            pending.append(closed)
+        plan = policy.plan(pending, now)
+        deliver_all(policy, plan, now)
+        sent += [(now, m) for m in plan.messages]
+        done = {i for m in plan.messages for i in m.entry_ids} | set(plan.duplicates)
+        pending = [e for e in pending if e.id not in done]
+    closed_at = next(t for t, m in sent if closed.id in m.entry_ids)
+    assert closed_at - 1800 < 60
+    assert len(sent) <= 62  # one blind message a minute, and the close
+    assert len(pending) < 60  # the last minute's repeats at most
 
 
 def test_the_window_slides() -> None:
@@ -273,6 +337,14 @@ def test_delivery_properties(
     for critical in (True, False):
         firsts = [min(m.entry_ids) for _, m in run.sends if m.critical is critical]
         assert firsts == sorted(firsts)
+
+    # a repeated critical (kind and headline) goes at most once per repeat interval
+    seen: dict[tuple[str, str], float] = {}
+    for t, message in run.sends:
+        if message.critical:
+            keys = {(by_id[i].kind, by_id[i].text.split("\n")[0]) for i in message.entry_ids}
+            assert any(k not in seen or seen[k] + REPEAT_INTERVAL <= t for k in keys)
+            seen.update(dict.fromkeys(keys, t))
 
     # the same text is not delivered twice within the dedupe window
     last: dict[str, float] = {}
