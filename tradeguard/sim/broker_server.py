@@ -5,7 +5,13 @@ Orders are idempotent by client order id. The faults are those a real broker
 shows: errors (`fail_next`), no answer (`hang`), gone (`down`/`up`) and a
 slow answer (`slow`). A slow answer records the order *before* waiting, so a
 client killed mid-request leaves an order at the broker that it must find by
-reconciliation rather than place twice.
+reconciliation rather than place twice. Final answers other than a fill:
+`reject_next` (status `rejected`) and `partial_next` (`partially_filled`).
+
+Once told what it holds (`hold`), it serves `GET /positions` with its net
+holdings, moves them with every fill, and can be closed by hand
+(`close_by_hand`), as an operator would at a real broker. Until then
+`GET /positions` is 404: a backend without a mirror.
 """
 
 from __future__ import annotations
@@ -86,8 +92,12 @@ class _Server(ThreadingHTTPServer):
         except OSError:
             logger.debug("Broker sim: TLS handshake with %s failed", client_address)
             return
+        with self._open_lock:
+            self._open.add(conn)  # the plain socket was detached into it
         with conn:
             super().finish_request(conn, client_address)
+        with self._open_lock:
+            self._open.discard(conn)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         logger.debug("Broker sim: connection from %s failed", client_address, exc_info=True)
@@ -157,6 +167,9 @@ class BrokerServer(SimService):
         self.hosts: list[str] = []
         self._failures = 0
         self._failure: tuple[int, str] = (500, "")
+        self._rejects = 0
+        self._partials: list[float] = []
+        self.holdings: dict[str, float] | None = None  # symbol -> net quantity (short < 0)
         self._hang: float | bool = False
         self._slow = 0.0
         self._release = threading.Event()
@@ -202,6 +215,31 @@ class BrokerServer(SimService):
         text = body if body is not None else json.dumps({"error": f"simulated {status}"})
         with self._lock:
             self._failures, self._failure = n, (status, text)
+
+    def reject_next(self, n: int = 1) -> None:
+        """The next `n` new orders are rejected (status `rejected`), as at a circuit limit."""
+        with self._lock:
+            self._rejects = n
+
+    def partial_next(self, *filled: float) -> None:
+        """The next new orders fill only these quantities each (status `partially_filled`)."""
+        with self._lock:
+            self._partials = list(filled)
+
+    def hold(self, symbol: str, side: str, quantity: float) -> None:
+        """The broker holds this (and from now serves GET /positions)."""
+        with self._lock:
+            self.holdings = dict(self.holdings or {})
+            self.holdings[symbol] = quantity if side == "long" else -quantity
+
+    def close_by_hand(self, symbol: str) -> None:
+        """The operator closed the position at the broker, outside TradeGuard."""
+        self.hold(symbol, "long", 0.0)
+
+    def held(self, symbol: str) -> float:
+        """Net quantity held (short < 0)."""
+        with self._lock:
+            return (self.holdings or {}).get(symbol, 0.0)
 
     def hang(self, seconds: float | bool = True) -> None:
         """Hold every request unanswered: True until `hang(False)` or stop, else `seconds`."""
@@ -284,6 +322,8 @@ class BrokerServer(SimService):
     def _route(self, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
         if method == "POST" and path == "/orders":
             return self._place(body)
+        if method == "GET" and path == "/positions":
+            return self._positions()
         if method == "GET" and path.startswith("/orders/"):
             with self._lock:
                 order = self.orders.get(unquote(path.removeprefix("/orders/")))
@@ -302,13 +342,36 @@ class BrokerServer(SimService):
             order = self.orders.get(request["client_order_id"])
             if order is None:
                 order = {key: request[key] for key in ORDER_FIELDS}
-                order.update(
-                    order_id=f"sim-{len(self.orders) + 1}",
-                    status="filled",
-                    fill_price=self._price_for(request["symbol"]),
-                )
+                order.update(order_id=f"sim-{len(self.orders) + 1}", **self._outcome(request))
                 self.orders[request["client_order_id"]] = order
+                self._book(order)
         return 200, _fill(order)
+
+    def _outcome(self, request: dict[str, Any]) -> dict[str, Any]:
+        """How a new order ends; callers hold the lock."""
+        if self._rejects > 0:
+            self._rejects -= 1
+            return {"status": "rejected", "fill_price": None}
+        price = self._price_for(request["symbol"])
+        if self._partials:
+            filled = self._partials.pop(0)
+            return {"status": "partially_filled", "filled_quantity": filled, "fill_price": price}
+        return {"status": "filled", "filled_quantity": request["quantity"], "fill_price": price}
+
+    def _book(self, order: dict[str, Any]) -> None:
+        """A fill moves what the broker holds; callers hold the lock."""
+        if self.holdings is None or order["status"] == "rejected":
+            return
+        signed = order["filled_quantity"] * (1 if order["side"] == "buy" else -1)
+        self.holdings[order["symbol"]] = self.holdings.get(order["symbol"], 0.0) + signed
+
+    def _positions(self) -> tuple[int, dict[str, Any]]:
+        with self._lock:
+            if self.holdings is None:
+                return 404, _error("no route GET /positions")
+            rows = [{"symbol": symbol, "side": "long" if net >= 0 else "short",
+                     "quantity": abs(net)} for symbol, net in self.holdings.items()]
+        return 200, {"positions": rows}
 
 
 def _price_function(
@@ -340,8 +403,8 @@ def _order_problem(request: Any) -> str:
 
 
 def _fill(order: dict[str, Any]) -> dict[str, Any]:
-    keys = ("client_order_id", "order_id", "status", "fill_price")
-    return {key: order[key] for key in keys}
+    keys = ("client_order_id", "order_id", "status", "fill_price", "filled_quantity")
+    return {key: order[key] for key in keys if key in order}
 
 
 def _error(message: str) -> dict[str, Any]:
