@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import trustme
 
-from tradeguard.brokers import CloseOrder, Fill, HttpBroker, PaperBroker
-from tradeguard.errors import BrokerError, ResolverError
+from tradeguard.brokers import CloseOrder, Fill, Holding, HttpBroker, PaperBroker
+from tradeguard.errors import BrokerError, BrokerRefused, BrokerUnavailable, ResolverError
+from tradeguard.positions import Side
 from tradeguard.net.http import request_json
 from tradeguard.net.resolver import Resolution
 from tradeguard.prices import PriceCache, Tick
@@ -135,6 +136,17 @@ def test_paper_is_idempotent_and_reports_each_order_once(
     assert paper.lookup("tg-unknown") is None
 
 
+def test_paper_fills_at_the_last_received_tick_of_a_frame(
+    paper: PaperBroker, cache: PriceCache, clock: Clock
+) -> None:
+    """A16: ticks of one frame share a receive time; the later one (the cache's) wins, not the higher."""
+    cache.put(Tick("BOSCHLTD", 95.0, received_at=1_005.0))  # the frame's last tick
+    clock.now = 1_006.0
+    fill = paper.place(order(hint=Tick("BOSCHLTD", 100.0, received_at=1_005.0)))
+    assert (fill.fill_price, fill.price_age) == (95.0, 1.0)
+    assert paper.holding("BOSCHLTD") is None  # paper cannot tell what is held
+
+
 def test_paper_concurrent_duplicates_make_one_order(paper: PaperBroker) -> None:
     start = threading.Barrier(8)
     fills: list[Fill] = []
@@ -167,8 +179,10 @@ def http_broker(server: BrokerServer, timeout: float = 2.0, token: str = TOKEN) 
 
 
 def test_http_order_is_sent_as_the_spec_says_and_filled(server: BrokerServer) -> None:
+    """A13: a whole quantity goes on the wire as an integer, not 2.0."""
     fill = http_broker(server).place(order("tg-1"))
     assert fill == Fill("sim-1", 575.5, None)
+    assert type(server.orders["tg-1"]["quantity"]) is int
     assert server.orders["tg-1"] == {
         "client_order_id": "tg-1",
         "symbol": "BOSCHLTD",
@@ -179,11 +193,12 @@ def test_http_order_is_sent_as_the_spec_says_and_filled(server: BrokerServer) ->
         "order_id": "sim-1",
         "status": "filled",
         "fill_price": 575.5,
+        "filled_quantity": 2,
     }
 
 
 def test_http_wrong_token_is_refused_by_the_broker(server: BrokerServer) -> None:
-    with pytest.raises(BrokerError, match="HTTP 401") as caught:
+    with pytest.raises(BrokerRefused, match="HTTP 401") as caught:
         http_broker(server, token="not-the-token").place(order())
     assert "not-the-token" not in str(caught.value)
     assert server.order_count == 0
@@ -198,7 +213,7 @@ def test_http_same_client_order_id_twice_is_one_order(server: BrokerServer) -> N
 def test_http_server_error_is_a_broker_error(server: BrokerServer) -> None:
     server.fail_next(1, status=503)
     broker = http_broker(server)
-    with pytest.raises(BrokerError, match="HTTP 503: simulated 503"):
+    with pytest.raises(BrokerUnavailable, match="HTTP 503: simulated 503"):
         broker.place(order())
     assert broker.place(order()).order_id == "sim-1"  # the next try goes through
 
@@ -227,7 +242,9 @@ def test_http_broker_down_then_up(server: BrokerServer) -> None:
         ("", "not a JSON object"),
         ("[1, 2]", "not a JSON object"),
         ('{"status": "filled", "fill_price": 1.0}', "no valid order_id"),
-        ('{"order_id": "x", "status": "rejected", "fill_price": 1.0}', "status is 'rejected'"),
+        ('{"order_id": "x", "status": "pending", "fill_price": 1.0}', "status is 'pending'"),
+        ('{"order_id": "x", "status": "partially_filled", "fill_price": 1.0}',
+         "needs a filled_quantity"),
         ('{"order_id": "x", "fill_price": 1.0}', "status is None"),
         ('{"order_id": "x", "status": "filled"}', "invalid fill_price None"),
         ('{"order_id": "x", "status": "filled", "fill_price": "575"}', "invalid fill_price"),
@@ -243,6 +260,57 @@ def test_http_malformed_answers_are_broker_errors(
     server.fail_next(1, status=200, body=body)
     with pytest.raises(BrokerError, match=complaint):
         http_broker(server).place(order())
+
+
+def test_http_rejected_is_refused_and_stays_refused(server: BrokerServer) -> None:
+    """A2: 'rejected' is BrokerRefused, for that id for good (a new attempt needs a new id)."""
+    broker = http_broker(server)
+    server.reject_next(1)
+    with pytest.raises(BrokerRefused, match="status is 'rejected'"):
+        broker.place(order("tg-r1"))
+    with pytest.raises(BrokerRefused):
+        broker.place(order("tg-r1"))
+    with pytest.raises(BrokerRefused):
+        broker.lookup("tg-r1")
+    assert broker.place(order("tg-r2")) == Fill("sim-2", 575.5, None)
+    server.fail_next(1, status=400)
+    with pytest.raises(BrokerRefused, match="HTTP 400"):
+        broker.place(order("tg-r3"))
+    server.fail_next(1, status=429)
+    with pytest.raises(BrokerUnavailable, match="HTTP 429"):
+        broker.place(order("tg-r3"))
+
+
+def test_http_partial_fill_reports_the_filled_quantity(server: BrokerServer) -> None:
+    """A2: 'partially_filled' with filled_quantity is a Fill of that quantity only."""
+    broker = http_broker(server)
+    server.partial_next(0.5)
+    fill = broker.place(order("tg-p"))
+    assert fill == Fill("sim-1", 575.5, None, 0.5)
+    assert fill.partial(2.0) and not Fill("x", 1.0, None).partial(2.0)
+    assert broker.lookup("tg-p") == fill
+
+
+def test_http_holding_from_get_positions(server: BrokerServer) -> None:
+    """A1: GET /positions tells what the broker holds; 404 means it cannot tell."""
+    broker = http_broker(server)
+    assert broker.holding("BOSCHLTD") is None
+    assert server.requests == 1
+    assert broker.holding("BOSCHLTD") is None  # the 404 is remembered a while
+    assert server.requests == 1
+    server.hold("BOSCHLTD", "long", 10)
+    server.hold("INFY", "short", 3)
+    broker = http_broker(server)
+    assert broker.holding("BOSCHLTD") == Holding(Side.LONG, 10.0)
+    assert broker.holding("INFY") == Holding(Side.SHORT, 3.0)
+    assert broker.holding("TCS") == Holding(Side.LONG, 0.0)
+    server.close_by_hand("BOSCHLTD")
+    assert broker.holding("BOSCHLTD").on_side(Side.LONG) == 0.0  # type: ignore[union-attr]
+    broker.place(order("tg-h", symbol="INFY"))  # a sell of 2 deepens the short
+    assert server.held("INFY") == -5.0
+    server.fail_next(1, status=200, body='{"positions": "none"}')
+    with pytest.raises(BrokerUnavailable, match="not a positions list"):
+        broker.holding("BOSCHLTD")
 
 
 @pytest.mark.parametrize("price", [math.nan, -1.0, 0.0])
