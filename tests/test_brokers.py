@@ -16,9 +16,9 @@ import trustme
 
 from tradeguard.brokers import CloseOrder, Fill, Holding, HttpBroker, PaperBroker
 from tradeguard.errors import BrokerError, BrokerRefused, BrokerUnavailable, ResolverError
-from tradeguard.positions import Side
 from tradeguard.net.http import request_json
 from tradeguard.net.resolver import Resolution
+from tradeguard.positions import Side
 from tradeguard.prices import PriceCache, Tick
 from tradeguard.sim.broker_server import BrokerServer
 
@@ -139,7 +139,7 @@ def test_paper_is_idempotent_and_reports_each_order_once(
 def test_paper_fills_at_the_last_received_tick_of_a_frame(
     paper: PaperBroker, cache: PriceCache, clock: Clock
 ) -> None:
-    """A16: ticks of one frame share a receive time; the later one (the cache's) wins, not the higher."""
+    """A16: ticks of a frame share a receive time; the later (cached) one wins, not the higher."""
     cache.put(Tick("BOSCHLTD", 95.0, received_at=1_005.0))  # the frame's last tick
     clock.now = 1_006.0
     fill = paper.place(order(hint=Tick("BOSCHLTD", 100.0, received_at=1_005.0)))
