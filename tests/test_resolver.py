@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tradeguard.errors import ResolverError
-from tradeguard.net.resolver import MAX_PENDING_SYSTEM, MAX_TTL, Resolution, Resolver
+from tradeguard.net.resolver import MAX_PENDING_SYSTEM, MAX_TTL, MIN_TTL, Resolution, Resolver
 from tradeguard.sim.dns_server import DnsServer
 from tradeguard.store import Store
 
@@ -281,3 +281,185 @@ def test_hung_system_lookups_do_not_pile_up(dns_server, resolver, release, caplo
     clock.now += MAX_TTL
     make.resolve(HOST)
     assert len(hanging) == MAX_PENDING_SYSTEM + 1
+
+
+# The positive cache (A8) ------------------------------------------------------
+
+
+def test_a8_an_answer_is_served_from_cache_for_its_ttl(dns_server, resolver, hung) -> None:
+    """A8: a second resolve() within the TTL asks neither the system resolver nor DNS."""
+    server = dns_server()
+    server.set_record(HOST, [FEED_IP], ttl=120)
+    lookups: list[str] = []
+
+    def system(host: str) -> list[str]:
+        lookups.append(host)
+        return hung(host)
+
+    clock = Clock()
+    make = resolver([server], timeout=0.5, system=system, clock=clock)
+    first = make.resolve(HOST)
+    server.mode = "silent"  # UDP/53 filtered from here on
+    clock.now += 119
+    started = time.monotonic()
+
+    again = make.resolve(HOST)
+
+    assert time.monotonic() - started < 0.05
+    assert again == first and again.ttl == 120
+    assert (len(lookups), server.queries) == (1, 1)
+    clock.now += 1  # the TTL is over: the ladder runs again
+    with pytest.raises(ResolverError):
+        make.resolve(HOST)
+    assert len(lookups) == 2
+
+
+@pytest.mark.parametrize(("ttl", "kept"), [(0, MIN_TTL), (5, MIN_TTL), (86_400, MAX_TTL)])
+def test_a_ttl_is_clamped_to_30_and_300_seconds(dns_server, resolver, ttl, kept) -> None:
+    server = dns_server()
+    server.set_record(HOST, [FEED_IP], ttl=ttl)
+    clock = Clock()
+    make = resolver([server], system=system_fails, clock=clock)
+
+    assert make.resolve(HOST).ttl == kept
+    clock.now += kept - 0.001
+    make.resolve(HOST)
+    assert server.queries == 1
+    clock.now += 0.001
+    make.resolve(HOST)
+    assert server.queries == 2
+
+
+def test_a_system_answer_is_kept_for_the_minimum_ttl(resolver) -> None:
+    lookups: list[str] = []
+    clock = Clock()
+    make = resolver([], system=lambda host: lookups.append(host) or ["127.0.0.9"], clock=clock)
+    for step in (0, MIN_TTL - 1, 1):
+        clock.now += step
+        make.resolve(HOST)
+    assert len(lookups) == 2
+
+
+def test_a_stale_answer_is_kept_so_an_outage_runs_the_ladder_once(
+    dns_server, resolver, tmp_path: Path
+) -> None:
+    server = dns_server()
+    server.mode = "servfail"
+    store = Store(tmp_path / "t.db")
+    clock = Clock()
+    make = resolver([server], memory=store, serve_stale=True, system=system_fails, clock=clock)
+    make.confirm(HOST, FEED_IP)
+
+    assert make.resolve(HOST).via == "stale"
+    clock.now += MIN_TTL - 1
+    assert make.resolve(HOST).via == "stale"
+    assert server.queries == 1
+
+
+def test_forget_drops_the_cached_answer(dns_server, resolver) -> None:
+    server = dns_server()
+    make = resolver([server], system=system_fails)
+    make.resolve(HOST)
+    make.forget(HOST)
+    make.resolve(HOST)
+    assert server.queries == 2
+
+
+# Bad answers (A10, D5) and what is remembered ------------------------------------
+
+
+PUBLIC = "broker.example.com"  # not under a reserved suffix
+
+
+@pytest.mark.parametrize("bad", ["0.0.0.0", "224.0.0.251", "255.255.255.255"])
+def test_a10_a_sinkhole_answer_loses_to_a_good_server(dns_server, resolver, bad) -> None:
+    """A10: a fallback answering 0.0.0.0 (or multicast, broadcast) fast does not win the race."""
+    sinkhole, good = dns_server(), dns_server()
+    sinkhole.set_record(HOST, [bad])
+    good.set_record(HOST, [FEED_IP])
+    good.delay = 0.1  # the sinkhole answers first
+
+    result = resolver([sinkhole, good], system=system_fails).resolve(HOST)
+
+    assert result == Resolution(HOST, (FEED_IP,), f"fallback:{good.address}")
+
+
+def test_a10_bad_addresses_are_dropped_from_a_mixed_answer(dns_server, resolver, caplog) -> None:
+    """A10: the reproduction's answer ('0.0.0.0', '10.0.0.5') keeps only what is usable."""
+    caplog.set_level(logging.WARNING, logger="tradeguard.net.resolver")
+    server = dns_server()
+    server.set_record(PUBLIC, ["0.0.0.0", "10.0.0.5", "93.184.216.34"])
+
+    result = resolver([server], system=system_fails).resolve(PUBLIC)
+
+    assert result.addresses == ("93.184.216.34",)
+    assert any("Ignoring 0.0.0.0" in m and "unspecified" in m for m in caplog.messages)
+
+
+@pytest.mark.parametrize("private", ["127.0.0.1", "10.0.0.5", "192.168.1.20", "172.16.0.9",
+                                     "169.254.169.254"])
+def test_d5_a_private_answer_for_a_public_name_is_refused(
+    dns_server, resolver, tmp_path: Path, private
+) -> None:
+    """D5: a rogue fallback sends the plaintext broker's token to an internal address: refused."""
+    server = dns_server()
+    server.set_record(PUBLIC, [private])
+    store = Store(tmp_path / "t.db")
+    store.save_addresses(PUBLIC, ["93.184.216.34"])
+    seen: list[tuple[str, str]] = []
+    make = resolver([server], memory=store, serve_stale=True, system=system_fails,
+                    observer=lambda *a: seen.append(a))
+
+    result = make.resolve(PUBLIC)  # the all-bad fallback counts as failed: on to serve-stale
+
+    assert result == Resolution(PUBLIC, ("93.184.216.34",), "stale")
+    assert seen == [("stale", "ok")]
+
+
+def test_d5_a_bad_system_answer_is_refused_too(resolver) -> None:
+    """D5: whichever rung gives it, a private address for a public name is not followed."""
+    make = resolver([], system=lambda host: ["10.0.0.5"])
+    with pytest.raises(ResolverError, match="only bad answers"):
+        make.resolve(PUBLIC)
+
+
+@pytest.mark.parametrize("name", [HOST, "broker.localhost", "nas.local", "broker.internal",
+                                  "broker.lan"])
+def test_a_reserved_name_may_resolve_to_a_private_address(dns_server, resolver, name) -> None:
+    server = dns_server()
+    server.set_record(name, ["10.0.0.5", "127.0.0.1"])
+    assert resolver([server], system=system_fails).resolve(name).addresses == (
+        "10.0.0.5", "127.0.0.1"
+    )
+
+
+def test_a10_an_answer_is_remembered_only_after_a_connection_to_it(
+    dns_server, resolver, tmp_path: Path
+) -> None:
+    """A10: resolving does not store; confirm() does, the confirmed address first."""
+    server = dns_server()
+    server.set_record(HOST, ["127.0.0.5", "127.0.0.6"])
+    store = Store(tmp_path / "t.db")
+    make = resolver([server], memory=store, system=system_fails)
+
+    make.resolve(HOST)
+    assert store.load_addresses(HOST) == []
+    make.confirm(HOST, "127.0.0.6")
+    make.confirm(HOST, "127.0.0.5")
+    make.confirm(HOST, "0.0.0.0")  # never remembered, even if something did answer there
+
+    assert store.load_addresses(HOST) == ["127.0.0.5", "127.0.0.6"]
+
+
+def test_a10_a_poisoned_stored_address_is_not_served_stale(
+    dns_server, resolver, tmp_path: Path
+) -> None:
+    """A10: what an older version stored unproven gets the bad-answer check before use."""
+    server = dns_server()
+    server.mode = "refuse"
+    store = Store(tmp_path / "t.db")
+    store.save_addresses(PUBLIC, ["0.0.0.0", "10.0.0.5"])
+    make = resolver([server], memory=store, serve_stale=True, system=system_fails)
+
+    with pytest.raises(ResolverError, match="no last known address"):
+        make.resolve(PUBLIC)

@@ -200,7 +200,7 @@ class DnsServer(SimService):
             response.set_rcode(_RCODES[mode])
         elif mode != "no_a":
             self._answer(query.question[0], response, wrong_name=mode == "wrong_name")
-        return response.to_wire()
+        return response.to_wire(want_shuffle=False)  # the order set_record gave, every time
 
     def _answer(
         self, question: dns.rrset.RRset, response: dns.message.Message, wrong_name: bool
