@@ -14,7 +14,12 @@ from tradeguard import alerts
 from tradeguard.errors import NotifyError
 from tradeguard.notify.outbox import OutboxAlerts
 from tradeguard.notify.policy import DeliveryPolicy
-from tradeguard.notify.telegram import TelegramRetryAfter, TelegramTransport
+from tradeguard.notify.telegram import (
+    MAX_RETRY_AFTER,
+    TelegramRefused,
+    TelegramRetryAfter,
+    TelegramTransport,
+)
 from tradeguard.sim.telegram_server import TelegramServer
 from tradeguard.store import Store
 
@@ -80,18 +85,79 @@ def test_rate_limit_carries_telegrams_retry_after(
     assert server.messages == []
 
 
-def test_wrong_token_is_permanent(server: TelegramServer) -> None:
+@pytest.mark.parametrize("retry_after", [1e9, 10**12, 301])
+def test_C2_telegrams_retry_after_is_capped(
+    server: TelegramServer, transport: TelegramTransport, retry_after: float
+) -> None:
+    """C2: a relay's (or a bug's) 429 with retry_after 1e9 must not silence every
+    alert until the process restarts: the wait is capped."""
+    server.rate_limit_next(1, retry_after=retry_after)
+    with pytest.raises(TelegramRetryAfter) as caught:
+        transport.send("too fast")
+    assert caught.value.retry_after == MAX_RETRY_AFTER == 300.0
+
+
+@pytest.mark.parametrize("retry_after", [-5, "soon", None, True, 10**400],
+                         ids=["negative", "text", "null", "bool", "huge-int"])
+def test_C2_a_nonsensical_retry_after_is_a_transient_failure(
+    server: TelegramServer, transport: TelegramTransport, retry_after: object
+) -> None:
+    """C2: a wait that means nothing (negative, not a number, too big for a float)
+    is an ordinary failure, retried on the notifier's own backoff."""
+    server.rate_limit_next(1, retry_after=retry_after)
+    with pytest.raises(NotifyError, match="answered 429") as caught:
+        transport.send("too fast")
+    assert not isinstance(caught.value, TelegramRetryAfter)
+    assert not caught.value.permanent
+
+
+def test_wrong_token_is_permanent_but_not_a_refusal(server: TelegramServer) -> None:
+    # The whole bot is misconfigured: alerts stay queued for the token to be fixed.
     transport = TelegramTransport(server.api_base, "987:wrong-token", CHAT, timeout=2.0)
     with pytest.raises(NotifyError, match=r"401: Unauthorized \(check telegram.bot_token\)") as c:
         transport.send("hello")
     assert c.value.permanent
+    assert not isinstance(c.value, TelegramRefused)
 
 
-def test_missing_chat_is_permanent(server: TelegramServer) -> None:
+def test_missing_chat_is_refused(server: TelegramServer) -> None:
     transport = TelegramTransport(server.api_base, TOKEN, "", timeout=2.0)
-    with pytest.raises(NotifyError, match="400: Bad Request: chat_id is empty") as caught:
+    with pytest.raises(TelegramRefused, match="400: Bad Request: chat_id is empty") as caught:
         transport.send("hello")
     assert caught.value.permanent
+
+
+def test_an_unknown_chat_and_a_blocked_bot_are_refused() -> None:
+    with TelegramServer(TOKEN, chat_id=CHAT) as server:
+        wrong = TelegramTransport(server.api_base, TOKEN, "-999", timeout=2.0)
+        with pytest.raises(TelegramRefused, match="400: Bad Request: chat not found"):
+            wrong.send("hello")
+        server.fail_next(1, status=403, description="Forbidden: bot was blocked by the user")
+        with pytest.raises(TelegramRefused, match="403: Forbidden: bot was blocked"):
+            TelegramTransport(server.api_base, TOKEN, CHAT, timeout=2.0).send("hello")
+
+
+def test_the_connection_is_kept_alive_and_reused(
+    server: TelegramServer, transport: TelegramTransport
+) -> None:
+    """SPEC §4 "Network": one connection for a burst of alerts, not one each."""
+    for n in range(5):
+        transport.send(f"alert {n}")
+    assert len(server.messages) == 5
+    assert server.connections == 1
+    transport.close()
+    transport.send("after close")  # a fresh connection, opened on demand
+    assert server.connections == 2
+
+
+def test_C7_a_request_http_client_cannot_encode_is_a_notify_error(
+    server: TelegramServer,
+) -> None:
+    """C7: a non-ASCII api_base path makes http.client raise UnicodeEncodeError, which
+    used to escape send() and kill the notifier's sender thread."""
+    transport = TelegramTransport(server.api_base + "/relé", TOKEN, CHAT, timeout=2.0)
+    with pytest.raises(NotifyError, match="unreachable: UnicodeEncodeError"):
+        transport.send("hello")
 
 
 def test_refused_connection_is_a_notify_error() -> None:

@@ -4,9 +4,15 @@ The Bot API puts the bot token in the URL path, so every request carries the
 secret. It never leaves this module: exception texts are scrubbed of it, a
 library error that quotes the URL is not chained, and `repr` leaves it out.
 Failures are translated into NotifyError: `TelegramRetryAfter` when Telegram
-throttles us, `permanent=True` for a 4xx that a retry cannot fix (a wrong
-token, an unknown chat), plain NotifyError for what may pass (5xx, timeouts,
-refused connections, answers that are not Telegram's JSON).
+throttles us (its wait capped at MAX_RETRY_AFTER: a relay's nonsense must not
+silence every alert until a restart), `TelegramRefused` when Telegram said no
+to this message for good (400, 403, 404: an unknown chat, a bot blocked by
+the user), `permanent=True` for another 4xx that a retry cannot fix (a wrong
+token), plain NotifyError for what may pass (5xx, timeouts, refused
+connections, answers that are not Telegram's JSON, a 429 without a sane wait).
+
+The connection to Telegram is kept alive and reused (SPEC §4 "Network"), so a
+burst of alerts costs one DNS lookup and one TLS handshake, not one each.
 """
 
 from __future__ import annotations
@@ -17,10 +23,12 @@ from typing import Any
 from urllib.parse import quote
 
 from tradeguard.errors import NotifyError, TradeGuardError
-from tradeguard.net.http import Resolves, Response, request_json
+from tradeguard.net.http import HttpClient, Resolves, Response
 
 MAX_TEXT = 4096  # Telegram answers 400 to anything longer: truncating beats never delivering
 MAX_DETAIL = 200
+MAX_RETRY_AFTER = 300.0  # seconds; Telegram's own waits are seconds to a few minutes
+REFUSED = frozenset({400, 403, 404})  # Bot API: bad request, bot blocked/kicked, chat not found
 
 
 class TelegramRetryAfter(NotifyError):
@@ -31,12 +39,26 @@ class TelegramRetryAfter(NotifyError):
         self.retry_after = retry_after
 
 
+class TelegramRefused(NotifyError):
+    """Telegram refused this message for good: sending it again gets the same answer."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, permanent=True)
+
+
 def _retry_after(body: dict[str, Any]) -> float | None:
+    """Telegram's wait, capped; None when it names none or an absurd one (NaN, < 0, 1e400)."""
     parameters = body.get("parameters")
     value = parameters.get("retry_after") if isinstance(parameters, dict) else None
     if not isinstance(value, int | float) or isinstance(value, bool):
         return None
-    return float(value) if math.isfinite(value) and value >= 0 else None
+    try:
+        seconds = float(value)
+    except OverflowError:  # an integer with hundreds of digits
+        return None
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return min(seconds, MAX_RETRY_AFTER)
 
 
 class TelegramTransport:
@@ -57,12 +79,14 @@ class TelegramTransport:
         self._url = f"{self._api_base}/bot{quoted}/sendMessage"
         self._secrets = [s for s in {bot_token, quoted} if s]
         self._chat_id = chat_id
-        self._timeout = timeout
-        self._resolver = resolver
-        self._ca_file = ca_file
+        self._client = HttpClient(resolver, timeout=timeout, ca_file=ca_file)
 
     def __repr__(self) -> str:
         return f"TelegramTransport(api_base={self._api_base!r}, chat_id={self._chat_id!r})"
+
+    def close(self) -> None:
+        """Close the kept-alive connection (one in use closes when its request ends)."""
+        self._client.close()
 
     def send(self, text: str) -> None:
         body = {
@@ -71,11 +95,10 @@ class TelegramTransport:
             "disable_web_page_preview": True,
         }
         try:
-            response = request_json(
-                "POST", self._url, body=body, timeout=self._timeout,
-                resolver=self._resolver, ca_file=self._ca_file,
-            )
-        except (OSError, http.client.HTTPException, TradeGuardError) as exc:
+            response = self._client.request_json("POST", self._url, body=body)
+        # ValueError: http.client refuses a request line it cannot encode (a non-ASCII
+        # api_base path), a UnicodeEncodeError, which must not kill the sender (C7).
+        except (OSError, http.client.HTTPException, TradeGuardError, ValueError) as exc:
             detail = self._scrub(f"{type(exc).__name__}: {exc}")
             error = NotifyError(f"Telegram unreachable: {detail}")
             if self._leaks(str(exc)):
@@ -91,10 +114,10 @@ class TelegramTransport:
             raise TelegramRetryAfter(seconds)
         detail = str(body.get("description") or response.text or "empty answer")
         hint = " (check telegram.bot_token)" if response.status == 401 else ""
-        raise NotifyError(
-            f"Telegram answered {response.status}: {self._scrub(detail)}{hint}",
-            permanent=400 <= response.status < 500 and response.status != 429,
-        )
+        error = f"Telegram answered {response.status}: {self._scrub(detail)}{hint}"
+        if response.status in REFUSED:
+            raise TelegramRefused(error)
+        raise NotifyError(error, permanent=400 <= response.status < 500 and response.status != 429)
 
     def _leaks(self, text: str) -> bool:
         return any(secret in text for secret in self._secrets)

@@ -1,16 +1,20 @@
 """A Telegram Bot API stand-in on loopback: sendMessage only, with faults on demand.
 
 Tests and the demo point `telegram.api_base` at it. It answers like Telegram
-does (the same JSON shapes, 401 for a wrong token, 429 with
-`parameters.retry_after`), records what was delivered, and can be told at run
-time to fail, throttle or hang. A hung request waits on an event, not a
+does (the same JSON shapes, 401 for a wrong token, 400 "chat not found" for
+another chat than the one it knows, 429 with `parameters.retry_after`), keeps
+connections alive (HTTP/1.1) like api.telegram.org, records what was delivered
+and how many connections it took, and can be told at run time to fail,
+throttle or hang. A hung request waits on an event, not a
 sleep, so `stop()` releases it at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import socket
 import threading
 import time
 from collections import deque
@@ -23,7 +27,7 @@ from tradeguard.sim.service import SimService
 logger = logging.getLogger(__name__)
 
 _Answer = tuple[int, dict[str, Any]]
-_REASONS = {400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+_REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
             500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
 
 
@@ -34,7 +38,16 @@ def _error(status: int, description: str = "") -> _Answer:
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
-    timeout = 5  # a client that connects and says nothing must not hold up stop()
+    protocol_version = "HTTP/1.1"  # keep-alive, as Telegram's own servers
+    timeout = 5  # an idle kept-alive client must not hold up stop() for long
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.owner.connected(self.request)
+
+    def finish(self) -> None:
+        self.server.owner.disconnected(self.request)
+        super().finish()
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -75,12 +88,17 @@ class TelegramServer(SimService):
     next requests in the order they were queued.
     """
 
-    def __init__(self, token: str, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, token: str, host: str = "127.0.0.1", port: int = 0, chat_id: str | None = None
+    ) -> None:
         self.token = token
+        self.chat_id = chat_id  # None: any chat exists
         self._bind = (host, port)
         self._cond = threading.Condition()
         self._messages: list[tuple[str, str]] = []
         self._requests = 0
+        self._connections = 0
+        self._open: set[socket.socket] = set()
         self._faults: deque[_Answer] = deque()
         self._hang_until = 0.0
         self._stopping = threading.Event()
@@ -116,6 +134,11 @@ class TelegramServer(SimService):
             return
         self._stopping.set()  # releases hung requests first, so the joins below end
         self._httpd.shutdown()
+        with self._cond:
+            idle = list(self._open)
+        for sock in idle:  # kept-alive clients: their handlers wait for a next request
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         self._httpd.server_close()
         if self._thread is not None:
             self._thread.join()
@@ -133,6 +156,21 @@ class TelegramServer(SimService):
         with self._cond:
             return self._requests
 
+    @property
+    def connections(self) -> int:
+        """TCP connections accepted so far: how well the client keeps them alive."""
+        with self._cond:
+            return self._connections
+
+    def connected(self, sock: socket.socket) -> None:
+        with self._cond:
+            self._connections += 1
+            self._open.add(sock)
+
+    def disconnected(self, sock: socket.socket) -> None:
+        with self._cond:
+            self._open.discard(sock)
+
     def wait_for(self, count: int, timeout: float) -> bool:
         """Block until at least `count` messages were delivered; False on timeout."""
         with self._cond:
@@ -140,11 +178,12 @@ class TelegramServer(SimService):
 
     # Faults ------------------------------------------------------------------
 
-    def fail_next(self, n: int, status: int = 500) -> None:
+    def fail_next(self, n: int, status: int = 500, description: str = "") -> None:
         with self._cond:
-            self._faults.extend([_error(status)] * n)
+            self._faults.extend([_error(status, description)] * n)
 
-    def rate_limit_next(self, n: int, retry_after: int) -> None:
+    def rate_limit_next(self, n: int, retry_after: object) -> None:
+        """429s naming `retry_after` as given: any JSON value, sane or not."""
         answer = _error(429, f"Too Many Requests: retry after {retry_after}")
         answer[1]["parameters"] = {"retry_after": retry_after}
         with self._cond:
@@ -182,6 +221,8 @@ class TelegramServer(SimService):
         text = body.get("text") if isinstance(body, dict) else None
         if chat_id in (None, ""):
             return _error(400, "Bad Request: chat_id is empty")
+        if self.chat_id is not None and str(chat_id) != self.chat_id:
+            return _error(400, "Bad Request: chat not found")
         if not isinstance(text, str) or not text:
             return _error(400, "Bad Request: message text is empty")
         with self._cond:
