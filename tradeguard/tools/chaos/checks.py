@@ -5,8 +5,11 @@
 - The broker filled exactly one order per closed position, and no other.
 - No position is left closing (or with its close failed).
 - Every critical alert reached Telegram exactly once.
-- Memory is flat: the last third of the run is not above the first third
-  (after warm-up) by more than the slack.
+- Every API request was answered (an operator's close must get an answer,
+  even while the ApiActor itself is restarted).
+- Memory is flat: after the warm-up (the first five minutes of a long run,
+  the first quarter of a short one) resident memory grows by at most the
+  slack (5 MB in a long run, where growth is a leak and not warm-up).
 """
 
 from __future__ import annotations
@@ -20,8 +23,12 @@ from tradeguard.positions import State
 from tradeguard.tools.chaos.market import Episode, Market
 from tradeguard.tools.chaos.world import World
 
-MEMORY_SLACK_MB = 25.0
-WARM_UP_SHARE = 0.25  # memory samples before this share of the run are warm-up
+WARM_UP_S = 300.0  # a long run's first five minutes are warm-up (samples are ~1 s apart)
+WARM_UP_SHARE = 0.25  # ... and a short run's first quarter
+LONG_RUN_S = 600.0  # from this long on, the memory slack is the leak budget
+MEMORY_SLACK_MB = 5.0
+SHORT_RUN_SLACK_MB = 25.0  # a short run is mostly warm-up: only a runaway counts
+WINDOW = 60  # samples averaged at each end of the steady part
 _REPEAT = re.compile(r" \(x\d+\)$")  # the notifier's "(xN)" for identical texts folded
 
 
@@ -41,7 +48,12 @@ class CriticalAlerts(logging.Handler):
 def violations(world: World, market: Market, criticals: list[str],
                memory: list[float]) -> list[str]:
     return [*_closes(world, market), *_orders(world), *_stuck(world),
-            *_critical_deliveries(world, criticals), *_memory(memory)]
+            *_critical_deliveries(world, criticals), *_unanswered(market), *_memory(memory)]
+
+
+def _unanswered(market: Market) -> list[str]:
+    count = market.counts.api_errors
+    return [f"{count} API request(s) got no answer"] if count else []
 
 
 def _closes(world: World, market: Market) -> list[str]:
@@ -111,12 +123,24 @@ def _one_line(text: str) -> str:
     return (_REPEAT.sub("", first) + newline + rest).replace("\n", " | ")
 
 
-def _memory(samples: list[float]) -> list[str]:
-    steady = samples[int(len(samples) * WARM_UP_SHARE):]
+def memory_growth(samples: list[float]) -> tuple[float, float] | None:
+    """(MB at the end of the warm-up, MB at the end), each a mean of up to a minute."""
+    long_run = len(samples) >= LONG_RUN_S
+    start = int(WARM_UP_S) if long_run else int(len(samples) * WARM_UP_SHARE)
+    steady = samples[start:]
     if len(steady) < 6:
+        return None
+    window = min(WINDOW, len(steady) // 3)
+    return statistics.mean(steady[:window]), statistics.mean(steady[-window:])
+
+
+def _memory(samples: list[float]) -> list[str]:
+    growth = memory_growth(samples)
+    if growth is None:
         return []
-    third = len(steady) // 3
-    before, after = statistics.mean(steady[:third]), statistics.mean(steady[-third:])
-    if after - before > MEMORY_SLACK_MB:
-        return [f"memory grew from {before:.1f} MB to {after:.1f} MB"]
+    before, after = growth
+    slack = MEMORY_SLACK_MB if len(samples) >= LONG_RUN_S else SHORT_RUN_SLACK_MB
+    if after - before > slack:
+        return [f"memory grew from {before:.1f} MB to {after:.1f} MB after the warm-up "
+                f"(slack {slack:g} MB)"]
     return []

@@ -29,7 +29,7 @@ from tradeguard.errors import TradeGuardError
 from tradeguard.exits import EX_OK, EX_SOFTWARE, EX_VIOLATED
 from tradeguard.positions import State
 from tradeguard.tools.bench.guard import logging_to, resident_mb
-from tradeguard.tools.chaos.checks import CriticalAlerts, violations
+from tradeguard.tools.chaos.checks import CriticalAlerts, memory_growth, violations
 from tradeguard.tools.chaos.faults import KINDS, Chaos
 from tradeguard.tools.chaos.market import Market
 from tradeguard.tools.chaos.world import World
@@ -137,10 +137,20 @@ class _Run:
             "telegram_messages": len(self.world.telegram.messages),
             "actor_restarts": sum(int(s["restarts"])
                                   for s in self.world.system.supervisor.status().values()),
-            "rss_mb": {"first": round(memory[0], 1), "median": round(statistics.median(memory), 1),
-                       "last": round(memory[-1], 1)} if memory else {},
+            "rss_mb": _rss(memory),
             "violations": problems,
         }
+
+
+def _rss(memory: list[float]) -> dict[str, float]:
+    if not memory:
+        return {}
+    rss = {"first": round(memory[0], 1), "median": round(statistics.median(memory), 1),
+           "last": round(memory[-1], 1)}
+    if (growth := memory_growth(memory)) is not None:
+        rss.update(after_warm_up=round(growth[0], 1), end=round(growth[1], 1),
+                   growth=round(growth[1] - growth[0], 1))
+    return rss
 
 
 def render(report: dict[str, Any]) -> str:
@@ -160,7 +170,8 @@ def render(report: dict[str, Any]) -> str:
         f"critical alerts {report['critical_alerts']}, Telegram messages "
         f"{report['telegram_messages']}, actor restarts {report['actor_restarts']}",
         f"memory (RSS MB): first {rss.get('first')}, median {rss.get('median')}, "
-        f"last {rss.get('last')}",
+        f"last {rss.get('last')}; after warm-up {rss.get('after_warm_up')} -> "
+        f"{rss.get('end')} (growth {rss.get('growth')})",
         "",
     ]
     if report["violations"]:
@@ -169,5 +180,5 @@ def render(report: dict[str, Any]) -> str:
     else:
         lines.append("every invariant held: each crossing closed once, no close without a "
                      "crossing or a request, none left closing, each critical alert delivered "
-                     "once, memory flat")
+                     "once, every API request answered, memory flat")
     return "\n".join(lines)
