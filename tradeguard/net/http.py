@@ -117,7 +117,9 @@ class HttpClient:
     def __init__(self, resolver: Resolves | None, *, timeout: float, ca_file: str = "") -> None:
         self._resolver = resolver
         self._timeout = timeout
-        self._tls = tls_context(ca_file)
+        # A bad CA file fails here, at start; the system CAs take ~30 ms to load, so
+        # without one they are loaded at the first https connection only.
+        self._tls = tls_context(ca_file) if ca_file else None
         self._lock = threading.Lock()
         self._idle: dict[Key, list[_Connection]] = {}
         self.connections_opened = 0  # how many TCP connections were made (for tests and logs)
@@ -204,7 +206,7 @@ class HttpClient:
 
     def _open(self, key: Key) -> _Connection:
         resolution = self._resolve(key[1])
-        tls = self._tls if key[0] == "https" else None
+        tls = self._tls_context() if key[0] == "https" else None
         conn = _Connection(key, resolution, self._timeout, tls)
         try:
             conn.connect()
@@ -216,6 +218,12 @@ class HttpClient:
         if isinstance(self._resolver, Remembers):
             self._resolver.confirm(key[1], conn.ip)
         return conn
+
+    def _tls_context(self) -> ssl.SSLContext:
+        with self._lock:
+            if self._tls is None:
+                self._tls = tls_context()
+            return self._tls
 
     def _resolve(self, host: str) -> Resolution:
         if is_ip(host) or self._resolver is None:

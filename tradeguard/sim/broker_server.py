@@ -105,6 +105,7 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     timeout = 5.0  # a silent client cannot hold a thread (and stop()) for long
+    disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall
     server: _Server
 
     def setup(self) -> None:
@@ -143,10 +144,11 @@ class BrokerServer(SimService):
 
     `price_for` gives the fill price of a symbol: a function, a dict (missing
     symbols fill at 100.0), or None for 100.0 everywhere. `orders` maps each
-    client order id to the order as recorded; `requests` counts every request
-    and `hosts` keeps each one's Host header. With `keep_alive`, it speaks
-    HTTP/1.1 and keeps connections open between requests, as real backends
-    do; `down()` and `stop()` then also cut the open connections.
+    client order id to the order as recorded; `requests` counts every request,
+    `calls` names each ("POST /orders") and `hosts` keeps each one's Host
+    header. With `keep_alive`, it speaks HTTP/1.1 and keeps connections open
+    between requests, as real backends do; `down()` and `stop()` then also cut
+    the open connections.
     """
 
     def __init__(
@@ -164,6 +166,7 @@ class BrokerServer(SimService):
         self._lock = threading.Lock()
         self.orders: dict[str, dict[str, Any]] = {}
         self.requests = 0
+        self.calls: list[str] = []  # "METHOD /path" of every request, in order
         self.hosts: list[str] = []
         self._failures = 0
         self._failure: tuple[int, str] = (500, "")
@@ -296,6 +299,7 @@ class BrokerServer(SimService):
         """(status, body text) for one request, faults applied."""
         with self._lock:
             self.requests += 1
+            self.calls.append(f"{method} {path.split('?', 1)[0]}")
             self.hosts.append(host)
             hang, release = self._hang, self._release
         if hang is True:
