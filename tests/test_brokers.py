@@ -468,3 +468,15 @@ def test_https_certificate_for_another_name_is_refused(ca: trustme.CA, tmp_path:
         with pytest.raises(BrokerError, match="certificate verify failed"):
             broker.place(order())
         assert server.order_count == 0
+
+
+def test_http_broker_keeps_its_connection_alive() -> None:
+    """A8: the positions check, the order and the next order share one connection."""
+    with BrokerServer(TOKEN, keep_alive=True) as server:
+        server.hold("BOSCHLTD", "long", 10)
+        broker = http_broker(server)
+        broker.holding("BOSCHLTD")
+        broker.place(order("tg-k1"))
+        broker.place(order("tg-k2"))
+        assert broker._client.connections_opened == 1
+        broker.close()

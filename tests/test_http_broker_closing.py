@@ -172,3 +172,57 @@ def test_breach_tick_to_order_latency(tmp_path: Path) -> None:
               f"max {max(latencies):.1f} ms")
         assert all(lat > 0 for lat in latencies)
         assert broker.orders == [h.position(s).client_order_id for s in symbols]
+
+
+def test_a_rejected_close_is_closed_later_under_a_new_id(tmp_path: Path) -> None:
+    """A2: a 'rejected' close (a lower circuit) is not stuck: the sweep's round sends a new id."""
+    with with_http_broker(tmp_path) as (h, server):
+        h.open_long("AAA", 100.0, 90.0)
+        server.reject_next(1)
+        status, body = h.call("POST", "/api/v1/monitoring/emergency-close-position",
+                              {"symbol": "AAA"})
+        assert status == 502, body
+        assert state(h, "AAA") == "close_failed"
+        wait_until(lambda: state(h, "AAA") == "closed", 15)
+        rejected, filled = server.orders.values()
+        assert (rejected["status"], filled["status"]) == ("rejected", "filled")
+        assert rejected["client_order_id"] != filled["client_order_id"]
+        assert h.position("AAA").client_order_id == filled["client_order_id"]
+        wait_until(lambda: any("position closed" in t for t in phone(h)), 10)
+        assert sum("close FAILED" in t for t in phone(h)) == 1
+
+
+def test_a_position_closed_by_hand_at_the_broker_is_never_reversed(tmp_path: Path) -> None:
+    """A1: the broker serves GET /positions and holds nothing: no order, closed_at_broker."""
+    with with_http_broker(tmp_path) as (h, server):
+        server.hold("AAA", "long", 10)
+        h.open_long("AAA", 100.0, 90.0, quantity=10)
+        ready(h, "AAA")
+        server.close_by_hand("AAA")
+        h.exchange.send_tick("AAA", 89.0)
+        wait_until(lambda: state(h, "AAA") == "closed", 10)
+        position = h.position("AAA")
+        assert (position.reason, position.exit_price) == ("closed_at_broker", None)
+        assert server.order_count == 0 and server.held("AAA") == 0
+        wait_until(lambda: any("already closed at the broker" in t for t in phone(h)), 10)
+
+
+def test_an_emergency_close_racing_a_stop_sends_one_order(tmp_path: Path) -> None:
+    """A3: the monitor's 409 leaves the API's close alone: one POST, no lookup, closed."""
+    with with_http_broker(tmp_path) as (h, server):
+        h.open_long("AAA", 100.0, 90.0)
+        ready(h, "AAA")
+        server.slow(0.5)
+        answers: list[tuple[int, Any]] = []
+        api = threading.Thread(target=lambda: answers.append(h.call(
+            "POST", "/api/v1/monitoring/emergency-close-position", {"symbol": "AAA"})))
+        api.start()
+        wait_until(lambda: server.order_count == 1, 10)
+        h.exchange.send_ticks([("AAA", 89.0)] * 3)  # the stop fires while the order is out
+        api.join(15)
+        assert answers and answers[0][0] == 200, answers
+        wait_until(lambda: any("position closed" in t for t in phone(h)), 10)
+        time.sleep(0.3)  # let a wrong reconcile show itself
+        assert [c for c in server.calls if "/orders" in c] == ["POST /orders"]
+        assert state(h, "AAA") == "closed"
+        assert sum("position closed" in t for t in phone(h)) == 1

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from tradeguard import alerts
 from tradeguard.brokers import Broker, CloseOrder, Fill
 from tradeguard.errors import BrokerError, BrokerRefused, PositionError, StoreError
-from tradeguard.positions import Position, Reason, Side
+from tradeguard.positions import Position, Reason, Side, State
 from tradeguard.prices import Quote, Tick
 from tradeguard.store import Store
 
@@ -175,8 +175,11 @@ class Closer:
                 logger.info("[CLOSE] %s: close in flight here; no reconcile", position.symbol)
                 return None
             self._pause_before_reconcile(position.id)
+            current = self.store.position(position.id)
+            if current is None or current.state is not State.CLOSING:
+                return None  # finished (or failed) since the caller looked
             try:
-                result = self._reconcile(position)
+                result = self._reconcile(current)
             except PositionError:
                 result = None
             except Exception:

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from tradeguard.brokers.base import CloseOrder, Fill, Holding
 from tradeguard.errors import BrokerError, BrokerRefused, BrokerUnavailable, ResolverError
-from tradeguard.net.http import Resolves, Response, request_json
+from tradeguard.net.http import HttpClient, Resolves, Response
 from tradeguard.positions import Side
 from tradeguard.prices import valid_price
 
@@ -48,9 +48,16 @@ class HttpBroker:
         self._host = urlsplit(base_url).hostname or base_url
         self._token = token
         self._timeout = timeout
-        self._resolver = resolver
-        self._ca_file = ca_file
+        try:
+            # Kept alive: no DNS and no TLS handshake between a breach and its order (A8).
+            self._client = HttpClient(resolver, timeout=timeout, ca_file=ca_file)
+        except (OSError, ValueError) as exc:
+            raise BrokerError(f"broker.ca_file {ca_file!r}: {exc}") from exc
         self._no_mirror_until = 0.0
+
+    def close(self) -> None:
+        """Close the kept-alive connections."""
+        self._client.close()
 
     def place(self, order: CloseOrder) -> Fill:
         body = {
@@ -103,14 +110,10 @@ class HttpBroker:
     def _send(self, method: str, path: str, body: Any, what: str) -> Response:
         logger.debug("Broker %s %s%s for %s", method, self._host, path, what)
         try:
-            return request_json(
-                method,
-                self._base + path,
-                body=body,
-                headers={"Authorization": f"Bearer {self._token}"},
-                timeout=self._timeout,
-                resolver=self._resolver,
-                ca_file=self._ca_file,
+            # idempotent: the same client_order_id sent twice is one order (SPEC §7).
+            return self._client.request_json(
+                method, self._base + path, body=body,
+                headers={"Authorization": f"Bearer {self._token}"}, idempotent=True,
             )
         except ResolverError as exc:
             raise self._fail(what, f"cannot resolve the broker host: {exc}") from exc
