@@ -24,10 +24,11 @@ from pathlib import Path
 
 import pytest
 import trustme
-import websocket
 
+from tests.support.waiting import wait_until
 from tradeguard.errors import FeedError
-from tradeguard.feed.connection import BINARY, PING, PONG, TEXT, open_feed, read_batch
+from tradeguard.feed import Frame, Target
+from tradeguard.feed.connection import MAX_FRAGMENTS, PING, PONG, TEXT, FeedConnection
 from tradeguard.feed.wire_json import parse_frame, subscribe_frame
 from tradeguard.sim.exchange import SimExchange
 
@@ -37,10 +38,14 @@ WAIT = 5.0
 
 
 def until(condition: Callable[[], bool], within: float = WAIT) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.005)
+    wait_until(condition, within, interval=0.005)
+
+
+def open_feed(url: str, address: str = IP, *, connect_timeout: float = WAIT, ca_file: str = "",
+              read_timeout: float = WAIT, max_batch_bytes: int = 1 << 22) -> FeedConnection:
+    return FeedConnection.open(Target(url), [address], connect_timeout=connect_timeout,
+                               ca_file=ca_file, read_timeout=read_timeout,
+                               max_batch_bytes=max_batch_bytes)
 
 
 # Fixtures -----------------------------------------------------------------
@@ -79,27 +84,37 @@ def exchanges() -> Iterator[Callable[..., SimExchange]]:
 
 
 @pytest.fixture
-def connect() -> Iterator[Callable[..., websocket.WebSocket]]:
-    """open_feed, with every opened WebSocket shut at teardown."""
-    opened: list[websocket.WebSocket] = []
+def connect() -> Iterator[Callable[..., FeedConnection]]:
+    """open_feed, with every opened connection shut at teardown."""
+    opened: list[FeedConnection] = []
 
-    def open_(url: str, ca_file: str = "", timeout: float = WAIT) -> websocket.WebSocket:
-        ws = open_feed(url, IP, connect_timeout=WAIT, ca_file=ca_file)
-        ws.settimeout(timeout)
-        opened.append(ws)
-        return ws
+    def open_(url: str, ca_file: str = "", timeout: float = WAIT,
+              max_batch_bytes: int = 1 << 22) -> FeedConnection:
+        conn = open_feed(url, ca_file=ca_file, read_timeout=timeout,
+                         max_batch_bytes=max_batch_bytes)
+        opened.append(conn)
+        return conn
 
     yield open_
-    for ws in opened:
-        ws.shutdown()  # type: ignore[no-untyped-call]
+    for conn in opened:
+        conn.shutdown()
 
 
-def read_until(ws: websocket.WebSocket, count: int) -> list[tuple[int, str | bytes]]:
-    frames: list[tuple[int, str | bytes]] = []
+def read_until(conn: FeedConnection, count: int) -> list[Frame]:
+    frames: list[Frame] = []
     deadline = time.monotonic() + WAIT
     while len(frames) < count:
         assert time.monotonic() < deadline, f"only {len(frames)} of {count} frames arrived"
-        frames += read_batch(ws, 1000)
+        frames += conn.read_batch(1000)
+    return frames
+
+
+def read_until_pongs(conn: FeedConnection, count: int) -> list[Frame]:
+    frames: list[Frame] = []
+    deadline = time.monotonic() + WAIT
+    while conn.pongs < count:
+        assert time.monotonic() < deadline, f"only {conn.pongs} of {count} pongs arrived"
+        frames += conn.read_batch(1000)
     return frames
 
 
@@ -107,32 +122,32 @@ def read_until(ws: websocket.WebSocket, count: int) -> list[tuple[int, str | byt
 
 
 def test_ws_by_ip_carries_the_hostname_in_the_host_header(
-    exchanges: Callable[..., SimExchange], connect: Callable[..., websocket.WebSocket]
+    exchanges: Callable[..., SimExchange], connect: Callable[..., FeedConnection]
 ) -> None:
     exchange = exchanges()
-    ws = connect(exchange.url_for(HOST))
-    ws.send(subscribe_frame(["BOSCHLTD", "INFY"]))
+    conn = connect(exchange.url_for(HOST))
+    conn.send(subscribe_frame(["BOSCHLTD", "INFY"]))
     assert exchange.wait_until(lambda: exchange.subscriptions == [["BOSCHLTD", "INFY"]], WAIT)
     assert exchange.host_headers == [f"{HOST}:{exchange.port}"]
-    assert ws.sock is not None
-    assert ws.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    assert conn.socket is not None
+    assert conn.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
 
 def test_wss_to_an_ip_verifies_the_hostname_with_the_extra_ca(
     ca: trustme.CA,
     ca_file: str,
     exchanges: Callable[..., SimExchange],
-    connect: Callable[..., websocket.WebSocket],
+    connect: Callable[..., FeedConnection],
 ) -> None:
     exchange = exchanges(server_context(ca, HOST))
-    ws = connect(exchange.url_for(HOST), ca_file=ca_file)
-    assert isinstance(ws.sock, ssl.SSLSocket)
-    assert ws.sock.server_hostname == HOST
+    conn = connect(exchange.url_for(HOST), ca_file=ca_file)
+    assert isinstance(conn.socket, ssl.SSLSocket)
+    assert conn.socket.server_hostname == HOST
     assert exchange.wait_until(lambda: exchange.connected == 1, WAIT)
     exchange.send_tick("BOSCHLTD", 575.0)
-    [(opcode, data)] = read_until(ws, 1)
-    assert opcode == TEXT
-    assert [t.symbol for t in parse_frame(data, time.time()).ticks] == ["BOSCHLTD"]
+    [data] = read_until(conn, 1)
+    assert isinstance(data, str)
+    assert [t.symbol for t in parse_frame(data, time.monotonic()).ticks] == ["BOSCHLTD"]
     assert exchange.host_headers == [f"{HOST}:{exchange.port}"]
 
 
@@ -200,7 +215,7 @@ def test_a_redirect_is_not_followed() -> None:
 
 
 def test_a_stopped_exchange_refuses_and_a_restarted_one_accepts_on_the_same_port(
-    exchanges: Callable[..., SimExchange], connect: Callable[..., websocket.WebSocket]
+    exchanges: Callable[..., SimExchange], connect: Callable[..., FeedConnection]
 ) -> None:
     exchange = exchanges()
     port = exchange.port
@@ -235,111 +250,113 @@ def tcp_established_and_quiet(sock: socket.socket | None) -> bool:
 
 
 def test_a_burst_already_received_comes_back_in_one_call(
-    exchanges: Callable[..., SimExchange], connect: Callable[..., websocket.WebSocket]
+    exchanges: Callable[..., SimExchange], connect: Callable[..., FeedConnection]
 ) -> None:
     exchange = exchanges()
-    ws = connect(exchange.url_for(HOST))
+    conn = connect(exchange.url_for(HOST))
     assert exchange.wait_until(lambda: exchange.connected == 1, WAIT)
     texts = [json.dumps({"symbol": f"S{i:03}", "price": 100.0 + i}) for i in range(100)]
     for text in texts:
         exchange.send_raw(text)
-    until(lambda: unread_bytes(ws.sock) == sum(2 + len(t) for t in texts))
-    frames = read_batch(ws, 1000)
-    assert frames == [(TEXT, t) for t in texts]
-    assert unread_bytes(ws.sock) == 0
+    until(lambda: unread_bytes(conn.socket) == sum(2 + len(t) for t in texts))
+    frames = conn.read_batch(1000)
+    assert frames == texts
+    assert unread_bytes(conn.socket) == 0
 
 
 def test_max_frames_bounds_a_batch_and_the_rest_waits_for_the_next_call(
-    exchanges: Callable[..., SimExchange], connect: Callable[..., websocket.WebSocket]
+    exchanges: Callable[..., SimExchange], connect: Callable[..., FeedConnection]
 ) -> None:
     exchange = exchanges()
-    ws = connect(exchange.url_for(HOST))
+    conn = connect(exchange.url_for(HOST))
     assert exchange.wait_until(lambda: exchange.connected == 1, WAIT)
     texts = [json.dumps({"symbol": f"S{i}", "price": 1.0 + i}) for i in range(10)]
     for text in texts:
         exchange.send_raw(text)
-    until(lambda: unread_bytes(ws.sock) == sum(2 + len(t) for t in texts))
-    assert read_batch(ws, 3) == [(TEXT, t) for t in texts[:3]]
-    assert read_batch(ws, 100) == [(TEXT, t) for t in texts[3:]]
+    until(lambda: unread_bytes(conn.socket) == sum(2 + len(t) for t in texts))
+    assert conn.read_batch(3) == texts[:3]
+    assert conn.read_batch(100) == texts[3:]
 
 
 def test_a_binary_frame_is_reported_as_bytes_and_rejected_by_the_parser(
-    exchanges: Callable[..., SimExchange], connect: Callable[..., websocket.WebSocket]
+    exchanges: Callable[..., SimExchange], connect: Callable[..., FeedConnection]
 ) -> None:
     exchange = exchanges()
-    ws = connect(exchange.url_for(HOST))
+    conn = connect(exchange.url_for(HOST))
     assert exchange.wait_until(lambda: exchange.connected == 1, WAIT)
     exchange.send_raw(b'{"symbol": "A", "price": 1.0}')
-    [(opcode, data)] = read_until(ws, 1)
-    assert opcode == BINARY
-    assert parse_frame(data, 0.0).rejects == ["binary"]
+    assert read_until(conn, 1) == [b'{"symbol": "A", "price": 1.0}']
+    assert parse_frame(b"{}", 0.0).rejects == {"binary": 1}
 
 
 def test_nothing_within_the_socket_timeout_is_an_empty_batch(
-    exchanges: Callable[..., SimExchange], connect: Callable[..., websocket.WebSocket]
+    exchanges: Callable[..., SimExchange], connect: Callable[..., FeedConnection]
 ) -> None:
     exchange = exchanges()
-    ws = connect(exchange.url_for(HOST), timeout=0.05)
-    assert read_batch(ws, 10) == []
+    conn = connect(exchange.url_for(HOST), timeout=0.05)
+    assert conn.read_batch(10) == []
     exchange.send_tick("A", 1.0)
-    assert len(read_until(ws, 1)) == 1
+    assert len(read_until(conn, 1)) == 1
 
 
 def test_ticks_before_a_close_are_returned_and_the_close_raises_next(
-    exchanges: Callable[..., SimExchange], connect: Callable[..., websocket.WebSocket]
+    exchanges: Callable[..., SimExchange], connect: Callable[..., FeedConnection]
 ) -> None:
     exchange = exchanges()
-    ws = connect(exchange.url_for(HOST))
+    conn = connect(exchange.url_for(HOST))
     assert exchange.wait_until(lambda: exchange.connected == 1, WAIT)
     exchange.send_tick("A", 1.0)
     stopper = threading.Thread(target=exchange.stop)  # it waits for our close reply
     stopper.start()
-    frames: list[tuple[int, str | bytes]] = []
+    frames: list[Frame] = []
     try:
         with pytest.raises(FeedError, match="feed closed the connection: 1001"):
             for _ in range(10):
-                frames += read_batch(ws, 100)
+                frames += conn.read_batch(100)
     finally:
         stopper.join()
-    assert [parse_frame(d, 0.0).ticks[0].symbol for _, d in frames] == ["A"]
+    assert [parse_frame(d, 0.0).ticks[0].symbol for d in frames] == ["A"]
     with pytest.raises(FeedError, match="closed"):
-        read_batch(ws, 100)
+        conn.read_batch(100)
 
 
 def test_half_open_keeps_tcp_up_but_answers_no_ping(
-    exchanges: Callable[..., SimExchange], connect: Callable[..., websocket.WebSocket]
+    exchanges: Callable[..., SimExchange], connect: Callable[..., FeedConnection]
 ) -> None:
     exchange = exchanges()
-    ws = connect(exchange.url_for(HOST), timeout=0.5)
+    conn = connect(exchange.url_for(HOST), timeout=0.5)
     assert exchange.wait_until(lambda: exchange.connected == 1, WAIT)
-    ws.ping(b"before")
-    assert read_until(ws, 1) == [(PONG, b"before")]  # the control: pings are answered
+    conn.ping(b"before")
+    assert read_until_pongs(conn, 1) == []  # the control: pings are answered, not returned
 
     exchange.half_open(True)
-    ws.ping(b"during")
-    ws.send(subscribe_frame(["HELD"]))
+    conn.ping(b"during")
+    conn.send(subscribe_frame(["HELD"]))
     assert exchange.send_tick("A", 1.0) == 0
-    assert read_batch(ws, 10) == []  # waited the 0.5 s socket timeout: no pong
+    received = conn.bytes_received
+    assert conn.read_batch(10) == []  # waited the 0.5 s socket timeout: no pong
+    assert (conn.bytes_received, conn.pongs) == (received, 1)
     assert exchange.connected == 1
-    assert tcp_established_and_quiet(ws.sock)
+    assert tcp_established_and_quiet(conn.socket)
     assert exchange.subscriptions == []
 
     exchange.half_open(False)
-    assert read_until(ws, 1) == [(PONG, b"during")]
+    assert read_until_pongs(conn, 2) == []
+    assert conn.bytes_received > received
     assert exchange.wait_until(lambda: exchange.subscriptions == [["HELD"]], WAIT)
 
 
 def test_random_walk_sends_every_symbol_each_interval_within_the_step(
-    exchanges: Callable[..., SimExchange], connect: Callable[..., websocket.WebSocket]
+    exchanges: Callable[..., SimExchange], connect: Callable[..., FeedConnection]
 ) -> None:
     exchange = exchanges()
-    ws = connect(exchange.url_for(HOST))
+    conn = connect(exchange.url_for(HOST))
     assert exchange.wait_until(lambda: exchange.connected == 1, WAIT)
     exchange.start_walk({"A": 100.0, "B": 200.0}, interval=0.01, step_pct=1.0, seed=7)
-    frames = read_until(ws, 3)
+    frames = read_until(conn, 3)
     exchange.stop_walk()
     previous = {"A": 100.0, "B": 200.0}
-    for _, data in frames[:3]:
+    for data in frames[:3]:
         ticks = parse_frame(data, 0.0).ticks
         assert [t.symbol for t in ticks] == ["A", "B"]
         for tick in ticks:
@@ -434,40 +451,163 @@ def test_frames_decrypted_together_with_an_earlier_one_are_not_stranded(
     ca: trustme.CA,
     ca_file: str,
     raw_feeds: Callable[..., RawFeed],
-    connect: Callable[..., websocket.WebSocket],
+    connect: Callable[..., FeedConnection],
 ) -> None:
     # Three frames in one TLS record: after the first, the others wait in the
     # SSL object where poll() cannot see them. A read that only polls the
     # socket would leave them there until more data came.
     feed = raw_feeds(server_context(ca, HOST))
-    ws = connect(f"wss://{HOST}:{feed.port}/ws", ca_file=ca_file, timeout=0.2)
+    conn = connect(f"wss://{HOST}:{feed.port}/ws", ca_file=ca_file, timeout=0.2)
     feed.ready().sendall(b"".join(server_frame(TEXT, b'{"n": %d}' % i) for i in range(3)))
-    assert read_batch(ws, 10) == [(TEXT, '{"n": 0}'), (TEXT, '{"n": 1}'), (TEXT, '{"n": 2}')]
+    assert conn.read_batch(10) == ['{"n": 0}', '{"n": 1}', '{"n": 2}']
 
 
-def test_a_ping_is_answered_and_reported_and_fragments_are_joined(
-    raw_feeds: Callable[..., RawFeed], connect: Callable[..., websocket.WebSocket]
+def test_a_ping_is_answered_inside_and_fragments_are_joined(
+    raw_feeds: Callable[..., RawFeed], connect: Callable[..., FeedConnection]
 ) -> None:
     feed = raw_feeds()
-    ws = connect(f"ws://{HOST}:{feed.port}/ws")
+    conn = connect(f"ws://{HOST}:{feed.port}/ws")
     feed.ready().sendall(
         server_frame(TEXT, b'{"symbol": "A", ', fin=False)
         + server_frame(PING, b"are you there")  # control frames may come between fragments
         + server_frame(0x0, b'"price": 1.5}')
     )
-    assert read_until(ws, 2) == [(PING, b"are you there"), (TEXT, '{"symbol": "A", "price": 1.5}')]
+    assert read_until(conn, 1) == ['{"symbol": "A", "price": 1.5}']  # the ping: not a frame
     assert feed.read_client_frame() == (PONG, b"are you there")
 
 
 def test_text_that_is_not_utf8_fails_the_connection_after_the_frames_before_it(
-    raw_feeds: Callable[..., RawFeed], connect: Callable[..., websocket.WebSocket]
+    raw_feeds: Callable[..., RawFeed], connect: Callable[..., FeedConnection]
 ) -> None:
     feed = raw_feeds()
-    ws = connect(f"ws://{HOST}:{feed.port}/ws")
+    conn = connect(f"ws://{HOST}:{feed.port}/ws")
     good = server_frame(TEXT, b'{"symbol": "A", "price": 1.5}')
     feed.ready().sendall(good + server_frame(TEXT, b"\xff\xfe"))
-    until(lambda: unread_bytes(ws.sock) == len(good) + 4)
-    assert read_batch(ws, 10) == [(TEXT, '{"symbol": "A", "price": 1.5}')]
+    until(lambda: unread_bytes(conn.socket) == len(good) + 4)
+    assert conn.read_batch(10) == ['{"symbol": "A", "price": 1.5}']
     with pytest.raises(FeedError, match="not UTF-8"):
-        read_batch(ws, 10)
-    assert ws.sock is None  # shut down, not left half-read
+        conn.read_batch(10)
+    assert conn.closed  # shut down, not left half-read
+
+
+def any_frame(opcode: int, payload: bytes, fin: bool = True, length: int | None = None) -> bytes:
+    """A server frame of any size; `length` may claim more than `payload` holds."""
+    size = len(payload) if length is None else length
+    first = bytes([(0x80 if fin else 0) | opcode])
+    if size < 126:
+        return first + bytes([size]) + payload
+    if size < 1 << 16:
+        return first + bytes([126]) + size.to_bytes(2, "big") + payload
+    return first + bytes([127]) + size.to_bytes(8, "big") + payload
+
+
+def test_a9_a_dead_first_address_does_not_keep_the_feed_down(
+    exchanges: Callable[..., SimExchange],
+) -> None:
+    """A9: the first resolved address refuses; the second one is tried and used."""
+    exchange = exchanges()
+    conn = FeedConnection.open(Target(exchange.url_for(HOST)), ["127.0.0.2", IP],
+                               connect_timeout=WAIT)
+    try:
+        assert conn.ip == IP
+        assert exchange.wait_until(lambda: exchange.connected == 1, WAIT)
+    finally:
+        conn.shutdown()
+
+
+def test_every_address_failing_names_them_all(exchanges: Callable[..., SimExchange]) -> None:
+    exchange = exchanges()
+    exchange.stop()
+    with pytest.raises(FeedError, match=r"cannot connect to .* at 127.0.0.2, 127.0.0.1:"):
+        FeedConnection.open(Target(exchange.url_for(HOST)), ["127.0.0.2", IP],
+                            connect_timeout=WAIT)
+
+
+def test_the_target_headers_go_into_the_handshake() -> None:
+    with socket.create_server((IP, 0)) as listener:
+        port = listener.getsockname()[1]
+        seen: list[bytes] = []
+
+        def answer() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                seen.append(conn.recv(4096))
+                conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+
+        server = threading.Thread(target=answer)
+        server.start()
+        try:
+            with pytest.raises(FeedError, match="403"):
+                FeedConnection.open(Target(f"ws://{HOST}:{port}/ws", {"Authorization": "x y"}),
+                                    [IP], connect_timeout=WAIT)
+        finally:
+            server.join()
+    assert b"\r\nAuthorization: x y\r\n" in seen[0]
+
+
+def test_c10_a_frame_over_the_limit_is_refused_from_its_header(
+    raw_feeds: Callable[..., RawFeed], connect: Callable[..., FeedConnection]
+) -> None:
+    """C10: a frame over the limit fails the connection before its payload is held."""
+    feed = raw_feeds()
+    conn = connect(f"ws://{HOST}:{feed.port}/ws", timeout=0.2)
+    feed.ready().sendall(any_frame(TEXT, b"x" * 100, length=2 << 20))  # claims 2 MB
+    with pytest.raises(FeedError, match="a frame over 1048576 bytes"):
+        read_until(conn, 1)
+    assert conn.bytes_received < 200
+
+
+def test_c10_a_flood_of_empty_continuations_is_refused(
+    raw_feeds: Callable[..., RawFeed], connect: Callable[..., FeedConnection]
+) -> None:
+    """C10: zero-length continuation frames must not grow a list (or a sum) without end."""
+    feed = raw_feeds()
+    conn = connect(f"ws://{HOST}:{feed.port}/ws", timeout=0.2)
+    flood = server_frame(TEXT, b"{", fin=False) + server_frame(0x0, b"", fin=False) * 5000
+    feed.ready().sendall(flood)
+    with pytest.raises(FeedError, match=f"more than {MAX_FRAGMENTS} fragments"):
+        read_until(conn, 1)
+
+
+def test_c10_trickling_bytes_still_return_within_the_read_timeout(
+    raw_feeds: Callable[..., RawFeed], connect: Callable[..., FeedConnection]
+) -> None:
+    """C10: one byte at a time, never a whole frame: the watchdogs still get their turn."""
+    feed = raw_feeds()
+    conn = connect(f"ws://{HOST}:{feed.port}/ws", timeout=0.2)
+    sent = threading.Event()
+    stop = threading.Event()
+
+    def trickle() -> None:
+        for byte in any_frame(TEXT, b"x" * 120):
+            feed.ready().sendall(bytes([byte]))
+            sent.set()
+            if stop.wait(0.02):
+                return
+
+    sender = threading.Thread(target=trickle)
+    sender.start()
+    try:
+        assert sent.wait(WAIT)
+        started = time.monotonic()
+        assert conn.read_batch(10) == []
+        elapsed = time.monotonic() - started
+        assert conn.bytes_received > 0
+    finally:
+        stop.set()
+        sender.join()
+    assert elapsed < 1.0, elapsed  # the whole frame takes 2.4 s to trickle in
+
+
+def test_c10_a_batch_is_bounded_by_bytes_too(
+    raw_feeds: Callable[..., RawFeed], connect: Callable[..., FeedConnection]
+) -> None:
+    """C10: 500 frames of a megabyte each must not all be held in one batch."""
+    feed = raw_feeds()
+    conn = connect(f"ws://{HOST}:{feed.port}/ws", max_batch_bytes=1000)
+    texts = [json.dumps({"symbol": "A", "price": 1.0, "pad": "p" * 270}) for _ in range(10)]
+    feed.ready().sendall(b"".join(any_frame(TEXT, t.encode()) for t in texts))
+    until(lambda: unread_bytes(conn.socket) == sum(4 + len(t) for t in texts))
+    first = conn.read_batch(100)
+    assert len(first) == 4  # 302 bytes each: the fourth starts under the budget
+    assert first + read_until(conn, 6) == texts

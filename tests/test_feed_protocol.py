@@ -9,7 +9,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tradeguard.feed.wire_json import MAX_FRAME_CHARS, parse_frame, subscribe_frame
+from tradeguard.feed import PROTOCOLS, Target
+from tradeguard.feed.wire_json import (
+    MAX_FRAME_CHARS,
+    MAX_NAMES,
+    JsonProtocol,
+    parse_frame,
+    parse_frames,
+    subscribe_frame,
+)
+from tradeguard.positions import validate_symbol
 from tradeguard.prices import Tick, valid_price
 
 NOW = 1767779060.0
@@ -23,7 +32,7 @@ def test_subscribe_frame_is_the_spec_shape() -> None:
 def test_one_tick_is_stamped_with_receive_time_and_keeps_exchange_time() -> None:
     parsed = parse_frame('{"symbol": "BOSCHLTD", "price": 575.0, "ts": 1767779056.123}', NOW)
     assert parsed.ticks == [Tick("BOSCHLTD", 575.0, NOW, 1767779056.123)]
-    assert parsed.rejects == []
+    assert not parsed.rejects
     assert not parsed.heartbeat
 
 
@@ -37,7 +46,7 @@ def test_heartbeat() -> None:
     parsed = parse_frame('{"type": "heartbeat"}', NOW)
     assert parsed.heartbeat
     assert parsed.ticks == []
-    assert parsed.rejects == []
+    assert not parsed.rejects
 
 
 def test_an_array_keeps_its_good_ticks_and_rejects_bad_ones_one_by_one() -> None:
@@ -47,7 +56,7 @@ def test_an_array_keeps_its_good_ticks_and_rejects_bad_ones_one_by_one() -> None
     )
     parsed = parse_frame(frame, NOW)
     assert [(t.symbol, t.price) for t in parsed.ticks] == [("A", 1.5), ("D", 2.5)]
-    assert parsed.rejects == ["non_finite_price", "non_positive_price", "not_object"]
+    assert parsed.rejects == {"non_finite_price": 1, "non_positive_price": 1, "not_object": 1}
 
 
 @pytest.mark.parametrize(
@@ -61,6 +70,7 @@ def test_an_array_keeps_its_good_ticks_and_rejects_bad_ones_one_by_one() -> None
         ('{"price": 1.0}', "missing_symbol"),
         ('{"symbol": null, "price": 1.0}', "missing_symbol"),
         ('{"symbol": "", "price": 1.0}', "bad_symbol"),
+        ('{"symbol": "   ", "price": 1.0}', "bad_symbol"),
         ('{"symbol": 42, "price": 1.0}', "bad_symbol"),
         ('{"symbol": "A\\nB", "price": 1.0}', "bad_symbol"),
         ('{"symbol": "\\ud800", "price": 1.0}', "bad_symbol"),
@@ -76,10 +86,6 @@ def test_an_array_keeps_its_good_ticks_and_rejects_bad_ones_one_by_one() -> None
         ('{"symbol": "A", "price": 1' + "0" * 400 + "}", "non_finite_price"),
         ('{"symbol": "A", "price": 0}', "non_positive_price"),
         ('{"symbol": "A", "price": -0.0}', "non_positive_price"),
-        ('{"symbol": "A", "price": 1.0, "ts": "now"}', "bad_ts"),
-        ('{"symbol": "A", "price": 1.0, "ts": NaN}', "bad_ts"),
-        ('{"symbol": "A", "price": 1.0, "ts": -1}', "bad_ts"),
-        ('{"symbol": "A", "price": 1.0, "ts": false}', "bad_ts"),
         ('{"type": "trade", "symbol": "A", "price": 1.0}', "unknown_type"),
         ("[" * 100_000, "bad_json"),
         (" " * (MAX_FRAME_CHARS + 1), "too_large"),
@@ -88,13 +94,46 @@ def test_an_array_keeps_its_good_ticks_and_rejects_bad_ones_one_by_one() -> None
 def test_each_malformed_kind_has_its_reason(frame: str, reason: str) -> None:
     parsed = parse_frame(frame, NOW)
     assert parsed.ticks == []
-    assert parsed.rejects == [reason]
+    assert parsed.rejects == {reason: 1}
 
 
 def test_a_binary_frame_is_rejected_whole() -> None:
     parsed = parse_frame(b'{"symbol": "A", "price": 1.0}', NOW)
     assert parsed.ticks == []
-    assert parsed.rejects == ["binary"]
+    assert parsed.rejects == {"binary": 1}
+
+
+@pytest.mark.parametrize("ts", ['"1767779056.1"', "NaN", "-1", "0", "false", "[]"])
+def test_a18_a_malformed_ts_is_dropped_and_counted_and_the_price_kept(ts: str) -> None:
+    """A18: `ts` decides nothing, so a bad one must not throw away a valid price."""
+    parsed = parse_frame('{"symbol": "A", "price": 1.5, "ts": ' + ts + "}", NOW)
+    assert parsed.ticks == [Tick("A", 1.5, NOW, None)]
+    assert parsed.rejects == {"bad_ts": 1}
+
+
+@pytest.mark.parametrize("sent", ["boschltd", " BOSCHLTD", "BOSCHLTD\t", " BoschLtd "])
+def test_a12_feed_symbols_are_normalised_like_position_symbols(sent: str) -> None:
+    """A12: a position's symbol is stripped and upper-cased; the feed's must match it."""
+    parser = JsonProtocol("ws://feed.test/ws")
+    for _ in range(2):  # the first sight of a symbol and the remembered one agree
+        parsed = parser.parse([json.dumps({"symbol": sent, "price": 575.0})], NOW)
+        assert parsed.ticks == [Tick(validate_symbol(sent), 575.0, NOW, None)]
+        assert parsed.ticks[0].symbol == "BOSCHLTD"
+
+
+def test_the_remembered_symbols_are_bounded() -> None:
+    names: dict[str, str] = {}
+    frames = [json.dumps({"symbol": f"S{i}", "price": 1.0}) for i in range(MAX_NAMES + 10)]
+    assert len(parse_frames(frames, NOW, names).ticks) == MAX_NAMES + 10
+    assert len(names) <= MAX_NAMES
+
+
+def test_the_json_protocol_subscribes_with_one_text_frame_to_its_static_url() -> None:
+    parser = JsonProtocol("wss://feed.test/ws")
+    assert parser.target() == Target("wss://feed.test/ws")
+    [frame] = parser.subscribe(["A", "B"])
+    assert json.loads(frame) == {"action": "subscribe", "symbols": ["A", "B"]}
+    assert PROTOCOLS["json"] is not None and set(PROTOCOLS) == {"json"}
 
 
 def test_a_frame_just_under_the_size_limit_is_parsed() -> None:
@@ -155,5 +194,6 @@ def test_every_array_element_is_kept_or_rejected_exactly_once(
 ) -> None:
     parsed = parse_frame(json.dumps(elements), NOW)
     heartbeats = sum(1 for e in elements if e.get("type") == "heartbeat")
-    assert len(parsed.ticks) + len(parsed.rejects) + heartbeats == len(elements)
+    dropped = sum(parsed.rejects.values()) - parsed.rejects["bad_ts"]  # a bad ts keeps the tick
+    assert len(parsed.ticks) + dropped + heartbeats == len(elements)
     assert parsed.heartbeat == (heartbeats > 0)

@@ -1,17 +1,26 @@
-"""The feed's WebSocket: opened to a resolved address, read in batches.
+"""The feed's WebSocket: opened to a resolved address, read in batches of data frames.
 
-`open_feed` connects TCP to the address the resolver ladder chose, while TLS
-SNI, certificate verification and the HTTP `Host` header stay on the URL's
-hostname, so a fallback-resolved address is checked exactly like a
-system-resolved one. We open and wrap the socket ourselves and hand it to
-websocket-client: it then never resolves a name, never follows a proxy from
-the environment, and cannot be redirected to another host. Verification is
-never turned off; `ca_file` only adds trust.
+`FeedConnection.open` connects TCP to the addresses the resolver ladder gave,
+each in turn (a dead first A record must not keep the feed down, finding
+A9), through `net.pinned`: TLS SNI, certificate verification and the HTTP
+`Host` header stay on the URL's hostname, so a fallback-resolved address is
+checked exactly like a system-resolved one. The opened socket is handed to
+websocket-client for the handshake: it then never resolves a name, never
+follows a proxy from the environment, and cannot be redirected elsewhere.
 
-`read_batch` blocks (up to the socket timeout the caller set) for one frame,
-then takes every frame already received without waiting for the network. It
-drains the socket in large reads and cuts the frames out itself; websocket-
-client is used to connect and to send (subscribe, ping, pong, close).
+`read_batch` blocks (up to `read_timeout`) for one data frame, then takes
+every frame already received without waiting for the network. It drains the
+socket in large reads and cuts the frames out itself; websocket-client only
+connects and sends. WebSocket control frames never leave this module: a ping
+is answered, a close ends the connection, and every byte received, control
+frames included, counts in `bytes_received`, the watchdog's sign of life.
+
+What a broken or hostile peer can make it hold is bounded (finding C10): a
+frame or message over `max_message_bytes` fails the connection as soon as its
+header says so, before it is buffered; a batch stops taking frames after
+`max_batch_bytes`; a message may have at most MAX_FRAGMENTS parts; and
+`read_batch` returns within `read_timeout` even while bytes trickle in that
+never complete a frame, so the watchdogs always get their turn.
 """
 
 from __future__ import annotations
@@ -22,14 +31,14 @@ import socket
 import ssl
 import struct
 import time
-import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
 import websocket
 
 from tradeguard.errors import FeedError
-from tradeguard.net.http import tls_context
+from tradeguard.feed import Frame, Target
+from tradeguard.net.pinned import open_pinned, tls_context
 
 logger = logging.getLogger(__name__)
 
@@ -42,55 +51,255 @@ _CONT = websocket.ABNF.OPCODE_CONT
 _FIN_TEXT = 0x80 | TEXT
 
 RECV_BYTES = 1 << 18  # one read takes ~4,000 one-tick frames or ~80 fifty-tick ones
-MAX_MESSAGE_BYTES = 1 << 24  # far above any tick frame; bounds what a broken peer makes us hold
+MAX_MESSAGE_BYTES = 1 << 20  # a protocol may say otherwise (FeedProtocol.max_frame_bytes)
+MAX_BATCH_BYTES = 1 << 22  # one batch holds at most this much plus one message
+MAX_FRAGMENTS = 1024  # parts of one message; a flood of empty ones is a broken peer
+READ_TIMEOUT = 0.25
 
-Frame = tuple[int, str | bytes]
 
+class FeedConnection:
+    """One open feed WebSocket and what it received that `read_batch` has not returned.
 
-def open_feed(
-    url: str, address: str, *, connect_timeout: float, ca_file: str = ""
-) -> websocket.WebSocket:
-    """Open the WebSocket at `url` through `address`; FeedError if it cannot be done.
-
-    `connect_timeout` bounds the whole attempt (TCP, TLS and the WebSocket
-    handshake). The returned socket keeps that timeout until the caller sets
-    its own with `ws.settimeout`.
+    Used by one thread at a time (the feed reader).
     """
-    host, port, secure = _target(url)
-    tls = _tls(ca_file) if secure else None
-    deadline = time.monotonic() + connect_timeout
-    where = f"{host} at {address}:{port}"
-    try:
-        sock = socket.create_connection((address, port), timeout=connect_timeout)
-    except OSError as exc:
-        raise FeedError(f"cannot connect to {where}: {exc}") from exc
-    try:
-        for option in websocket.DEFAULT_SOCKET_OPTION:  # TCP_NODELAY, keepalive
-            sock.setsockopt(*option)
-        if tls is not None:
-            sock.settimeout(_remaining(deadline))
-            sock = tls.wrap_socket(sock, server_hostname=host)
-        sock.settimeout(_remaining(deadline))
-        ws = websocket.WebSocket(skip_utf8_validation=True)
-        ws.connect(url, socket=sock, redirect_limit=0)  # type: ignore[no-untyped-call]
-    except ssl.SSLCertVerificationError as exc:
-        sock.close()
-        raise FeedError(f"TLS certificate of {where} rejected: {exc.verify_message}") from exc
-    except (OSError, websocket.WebSocketException) as exc:
-        sock.close()
-        raise FeedError(f"cannot open the feed WebSocket to {where}: {exc}") from exc
-    return ws
+
+    def __init__(
+        self,
+        ws: websocket.WebSocket,
+        ip: str,
+        *,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
+        read_timeout: float = READ_TIMEOUT,
+    ) -> None:
+        self.ip = ip
+        self.bytes_received = 0
+        self.pongs = 0
+        self._ws = ws
+        self._max = max_message_bytes
+        self._max_batch = max_batch_bytes
+        self._read_timeout = read_timeout
+        self._data = b""
+        self._fragments: list[bytes] = []  # a fragmented message so far (RFC 6455 §5.4)
+        self._fragment_opcode = 0
+        self._fragment_bytes = 0
+        self._fragment_count = 0
+        self._failure: FeedError | None = None
+        self._sock = _socket_of(ws)
+        self._sock.settimeout(read_timeout)
+        self._readable = _readable(self._sock)
+
+    @classmethod
+    def open(
+        cls,
+        target: Target,
+        addresses: Sequence[str],
+        *,
+        connect_timeout: float,
+        ca_file: str = "",
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
+        read_timeout: float = READ_TIMEOUT,
+    ) -> FeedConnection:
+        """Open the WebSocket at `target` through the first of `addresses` that works.
+
+        `connect_timeout` bounds each address's TCP connect and TLS handshake,
+        and the WebSocket handshake. FeedError if no address works.
+        """
+        host, port, secure = _parse_url(target.url)
+        tls = _tls(ca_file) if secure else None
+        left = list(addresses)
+        failure = FeedError(f"no address to connect to for {host}")
+        while left:
+            sock, ip = _pin(host, port, left, connect_timeout, tls)
+            left = left[left.index(ip) + 1:]
+            try:
+                ws = _handshake(target, sock, f"{host} at {ip}:{port}")
+            except FeedError as exc:
+                failure = exc
+                continue
+            return cls(ws, ip, max_message_bytes=max_message_bytes,
+                       max_batch_bytes=max_batch_bytes, read_timeout=read_timeout)
+        raise failure
+
+    # Sending ------------------------------------------------------------
+
+    def send(self, frame: Frame) -> None:
+        """Send a data frame: str as TEXT, bytes as BINARY. FeedError if that fails."""
+        self._send(frame, BINARY if isinstance(frame, bytes) else TEXT)
+
+    def ping(self, payload: bytes = b"") -> None:
+        self._send(payload, PING)
+
+    def close(self, timeout: float = 0.5) -> None:
+        """Close politely (up to `timeout` for the peer's close), then drop the socket."""
+        self._ws.close(timeout=timeout)
+
+    def shutdown(self) -> None:
+        self._ws.shutdown()  # type: ignore[no-untyped-call]
+
+    @property
+    def closed(self) -> bool:
+        return self._ws.sock is None
+
+    @property
+    def socket(self) -> socket.socket:
+        return self._sock
+
+    # Reading ------------------------------------------------------------
+
+    def read_batch(self, max_frames: int) -> list[Frame]:
+        """Wait for the next data frame, then take those already received.
+
+        Returns data frames in arrival order (TEXT as str, BINARY as bytes),
+        at most `max_frames` and about `max_batch_bytes`; an empty list means
+        `read_timeout` passed with no complete data frame. The rest waits in
+        the buffer for the next call.
+
+        Raises FeedError when the peer closed the connection, the connection
+        failed, or the peer broke the protocol (a text frame that is not UTF-8
+        included); the socket is then shut down. Frames read before the failure
+        are returned first and the next call raises.
+        """
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
+        if self.closed:
+            raise FeedError("feed connection failed: the connection is already closed")
+        batch: list[Frame] = []
+        try:
+            budget = self._max_batch - self._take(batch, max_frames, self._max_batch)
+            if not batch:
+                budget -= self._wait_for_frame(batch, max_frames, budget)
+            while len(batch) < max_frames and budget > 0 and self._readable() and self._receive():
+                budget -= self._take(batch, max_frames, budget)
+        except FeedError as exc:
+            self.shutdown()
+            if not batch:
+                raise
+            self._failure = exc  # the frames before it (ticks that may breach a stop) go first
+        return batch
+
+    def _wait_for_frame(self, batch: list[Frame], max_frames: int, budget: int) -> int:
+        """Receive until a data frame is complete or `read_timeout` passed; bytes taken."""
+        deadline = time.monotonic() + self._read_timeout
+        taken = 0
+        try:
+            while self._receive():
+                taken += self._take(batch, max_frames, budget - taken)
+                left = deadline - time.monotonic()
+                if batch or left <= 0:
+                    break
+                self._sock.settimeout(left)  # bytes trickle in: the rest of the wait only
+        finally:
+            if self._sock.gettimeout() != self._read_timeout and not self.closed:
+                self._sock.settimeout(self._read_timeout)
+        return taken
+
+    def _receive(self) -> bool:
+        """Append what the socket holds; False when the socket timeout passed first."""
+        try:
+            chunk = self._sock.recv(RECV_BYTES)
+        except (TimeoutError, ssl.SSLWantReadError):
+            return False
+        except OSError as exc:
+            raise FeedError(f"feed connection failed: {exc or type(exc).__name__}") from exc
+        if not chunk:
+            raise FeedError("feed connection failed: Connection to remote host was lost.")
+        self.bytes_received += len(chunk)
+        self._data = self._data + chunk if self._data else chunk
+        return True
+
+    def _take(self, batch: list[Frame], max_frames: int, budget: int) -> int:
+        """Move complete frames from the buffer to `batch`; the buffer bytes used."""
+        data, pos, end, limit = self._data, 0, len(self._data), self._max
+        try:
+            while len(batch) < max_frames and pos < budget and end - pos >= 2:
+                head, length = _frame_size(data, pos, end, limit)
+                if head == 0 or end - pos < head + length:
+                    break  # the rest of this frame is still on its way
+                first = data[pos]
+                payload = data[pos + head:pos + head + length]
+                pos += head + length
+                if first == _FIN_TEXT and not self._fragment_opcode:
+                    batch.append(_text(payload))  # the usual frame, first
+                else:
+                    self._frame(first, payload, batch)
+        finally:
+            self._data = data[pos:]
+        return pos
+
+    def _frame(self, first: int, payload: bytes, batch: list[Frame]) -> None:
+        fin, opcode = first & 0x80, first & 0x0F
+        if first & 0x70:
+            raise _broken("reserved bits set without an extension")
+        if opcode in (TEXT, BINARY):
+            if self._fragment_opcode:
+                raise _broken("a new message inside a fragmented one")
+            if fin:
+                batch.append(_message(opcode, payload))
+            else:
+                self._fragment_opcode = opcode
+                self._fragments, self._fragment_bytes, self._fragment_count = [], 0, 0
+                self._fragment(payload)
+        elif opcode == _CONT:
+            if not self._fragment_opcode:
+                raise _broken("a continuation frame with no message to continue")
+            self._fragment(payload)
+            if fin:
+                batch.append(self._joined())
+        elif opcode in (PING, PONG, _CLOSE):
+            if not fin or len(payload) > 125:
+                raise _broken("a fragmented or oversized control frame")
+            self._control(opcode, payload)
+        else:
+            raise _broken(f"unknown opcode {opcode}")
+
+    def _fragment(self, payload: bytes) -> None:
+        self._fragment_count += 1
+        if self._fragment_count > MAX_FRAGMENTS:
+            raise _broken(f"a message in more than {MAX_FRAGMENTS} fragments")
+        if payload:
+            self._fragment_bytes += len(payload)
+            if self._fragment_bytes > self._max:
+                raise _broken(f"a message over {self._max} bytes")
+            self._fragments.append(payload)
+
+    def _joined(self) -> Frame:
+        message, opcode = b"".join(self._fragments), self._fragment_opcode
+        self._fragments, self._fragment_opcode = [], 0
+        return _message(opcode, message)
+
+    def _control(self, opcode: int, payload: bytes) -> None:
+        if opcode == PING:
+            self._send(payload, PONG)
+        elif opcode == PONG:
+            self.pongs += 1
+        else:
+            reason = _close_reason(payload)
+            logger.info("Feed closed the connection: %s", reason)
+            self._send(payload[:2], _CLOSE)  # echo the status, as RFC 6455 §5.5.1 asks
+            raise FeedError(f"feed closed the connection: {reason}")
+
+    def _send(self, data: str | bytes, opcode: int) -> None:
+        try:
+            self._ws.send(data, opcode)
+        except (websocket.WebSocketException, OSError) as exc:
+            raise FeedError(f"feed connection failed: {exc or type(exc).__name__}") from exc
 
 
-def _target(url: str) -> tuple[str, int, bool]:
+# Opening --------------------------------------------------------------------
+
+
+def _parse_url(url: str) -> tuple[str, int, bool]:
     """Hostname, port and whether TLS is used; FeedError for a URL that is not ws(s)."""
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise FeedError(f"bad feed URL {url!r}: {exc}") from exc
+        raise FeedError(f"bad feed URL: {exc}") from exc
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise FeedError(f"bad feed URL {url!r}: expected ws://HOST/... or wss://HOST/...")
+        raise FeedError("bad feed URL: expected ws://HOST/... or wss://HOST/...")
     secure = parts.scheme == "wss"
     return parts.hostname, port or (443 if secure else 80), secure
 
@@ -102,135 +311,45 @@ def _tls(ca_file: str) -> ssl.SSLContext:
         raise FeedError(f"cannot load the feed CA file {ca_file!r}: {exc}") from exc
 
 
-def _remaining(deadline: float) -> float:
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError("connect timeout")
-    return left
-
-
-def read_batch(ws: websocket.WebSocket, max_frames: int) -> list[Frame]:
-    """Wait for the next frame, then take those already received, up to `max_frames`.
-
-    Returns (opcode, data) pairs in arrival order: TEXT frames as str, BINARY
-    as bytes, and PING and PONG (a PING is answered here; both are reported
-    because any frame shows the peer is alive). An empty list means the
-    socket timeout passed with no complete frame; a partly received frame,
-    and frames past `max_frames`, are kept for the next call.
-
-    Raises FeedError when the peer closed the connection, the connection
-    failed, or the peer broke the protocol (a text frame that is not UTF-8
-    included). The WebSocket is then shut down. If frames were read before
-    the failure, they are returned first and the next call raises.
-    """
-    inbox = _inboxes.get(ws)
-    if inbox is None:
-        inbox = _inboxes[ws] = _Inbox()
-    if inbox.failure is not None:
-        failure, inbox.failure = inbox.failure, None
-        raise failure
-    batch: list[Frame] = []
+def _pin(
+    host: str, port: int, addresses: Sequence[str], timeout: float, tls: ssl.SSLContext | None
+) -> tuple[socket.socket, str]:
+    """TCP (and TLS) to the first of `addresses` that answers; FeedError if none does."""
+    where = f"{host} at {', '.join(addresses)}:{port}"
     try:
-        inbox.take_frames(ws, batch, max_frames)
-        while not batch:
-            if not inbox.receive(ws):
-                return batch
-            inbox.take_frames(ws, batch, max_frames)
-        readable = _readable(ws.sock)
-        while len(batch) < max_frames and readable() and inbox.receive(ws):
-            inbox.take_frames(ws, batch, max_frames)
-    except FeedError as exc:
-        ws.shutdown()  # type: ignore[no-untyped-call]
-        if not batch:
-            raise
-        inbox.failure = exc  # the frames before it (ticks that may breach a stop) go first
-    return batch
+        pinned = open_pinned(host, port, addresses, timeout=timeout, tls=tls)
+    except ssl.SSLCertVerificationError as exc:
+        raise FeedError(f"TLS certificate of {where} rejected: {exc.verify_message}") from exc
+    except OSError as exc:
+        raise FeedError(f"cannot connect to {where}: {exc}") from exc
+    return pinned.sock, pinned.ip
 
 
-class _Inbox:
-    """What one WebSocket received and `read_batch` has not returned yet.
-
-    The socket is drained with large reads and frames are cut out of the
-    buffer here: websocket-client reads every frame with two or three system
-    calls of exactly the bytes it needs, which costs more than all the rest
-    of handling a one-tick frame.
-    """
-
-    def __init__(self) -> None:
-        self.data = b""
-        self.fragments: list[bytes] = []  # a fragmented message so far (RFC 6455 §5.4)
-        self.fragment_opcode = 0
-        self.failure: FeedError | None = None
-
-    def receive(self, ws: websocket.WebSocket) -> bool:
-        """Append what the socket holds; False when the socket timeout passed first."""
-        sock = ws.sock
-        if sock is None:
-            raise FeedError("feed connection failed: socket is already closed")
-        try:
-            chunk = sock.recv(RECV_BYTES)
-        except (TimeoutError, ssl.SSLWantReadError):
-            return False
-        except OSError as exc:
-            raise FeedError(f"feed connection failed: {exc or type(exc).__name__}") from exc
-        if not chunk:
-            raise FeedError("feed connection failed: Connection to remote host was lost.")
-        self.data = self.data + chunk if self.data else chunk
-        return True
-
-    def take_frames(self, ws: websocket.WebSocket, batch: list[Frame], max_frames: int) -> None:
-        """Move the complete frames in the buffer to `batch`, up to `max_frames`."""
-        data, pos, end = self.data, 0, len(self.data)
-        try:
-            while len(batch) < max_frames and end - pos >= 2:
-                head, length = _frame_size(data, pos, end)
-                if head == 0 or end - pos < head + length:
-                    break  # the rest of this frame is still on its way
-                first = data[pos]
-                payload = data[pos + head:pos + head + length]
-                pos += head + length
-                if first == _FIN_TEXT and not self.fragment_opcode:
-                    batch.append(_message(TEXT, payload))  # the usual frame, first
-                else:
-                    self._take(ws, first, payload, batch)
-        finally:
-            self.data = data[pos:]
-
-    def _take(self, ws: websocket.WebSocket, first: int, payload: bytes,
-              batch: list[Frame]) -> None:
-        fin, opcode = first & 0x80, first & 0x0F
-        if first & 0x70:
-            raise _broken("reserved bits set without an extension")
-        if opcode in (TEXT, BINARY):
-            if self.fragment_opcode:
-                raise _broken("a new message inside a fragmented one")
-            if fin:
-                batch.append(_message(opcode, payload))
-            else:
-                self.fragment_opcode, self.fragments = opcode, [payload]
-        elif opcode == _CONT:
-            if not self.fragment_opcode:
-                raise _broken("a continuation frame with no message to continue")
-            self.fragments.append(payload)
-            if sum(map(len, self.fragments)) > MAX_MESSAGE_BYTES:
-                raise _broken(f"a message over {MAX_MESSAGE_BYTES} bytes")
-            if fin:
-                message = b"".join(self.fragments)
-                opcode, self.fragment_opcode, self.fragments = self.fragment_opcode, 0, []
-                batch.append(_message(opcode, message))
-        elif opcode in (PING, PONG, _CLOSE):
-            if not fin or len(payload) > 125:
-                raise _broken("a fragmented or oversized control frame")
-            _control(ws, opcode, payload, batch)
-        else:
-            raise _broken(f"unknown opcode {opcode}")
+def _handshake(target: Target, sock: socket.socket, where: str) -> websocket.WebSocket:
+    """The WebSocket upgrade over `sock` (closed if it fails); FeedError then."""
+    headers = [f"{name}: {value}" for name, value in target.headers.items()]
+    try:
+        ws = websocket.WebSocket(skip_utf8_validation=True)
+        ws.connect(  # type: ignore[no-untyped-call]
+            target.url, socket=sock, redirect_limit=0, header=headers
+        )
+    except (OSError, websocket.WebSocketException) as exc:
+        sock.close()
+        raise FeedError(f"cannot open the feed WebSocket to {where}: {exc}") from exc
+    return ws
 
 
-# What each open WebSocket received and read_batch has not returned yet.
-_inboxes: weakref.WeakKeyDictionary[websocket.WebSocket, _Inbox] = weakref.WeakKeyDictionary()
+def _socket_of(ws: websocket.WebSocket) -> socket.socket:
+    sock = ws.sock
+    if sock is None:
+        raise FeedError("feed connection failed: socket is already closed")
+    return sock
 
 
-def _frame_size(data: bytes, pos: int, end: int) -> tuple[int, int]:
+# Frames ---------------------------------------------------------------------
+
+
+def _frame_size(data: bytes, pos: int, end: int, limit: int) -> tuple[int, int]:
     """(header bytes, payload bytes) of the frame at `pos`; (0, 0) if its header is cut."""
     second = data[pos + 1]
     if second & 0x80:
@@ -242,36 +361,21 @@ def _frame_size(data: bytes, pos: int, end: int) -> tuple[int, int]:
     if end - pos < head:
         return 0, 0
     length = int.from_bytes(data[pos + 2:pos + head], "big")
-    if length > MAX_MESSAGE_BYTES:
-        raise _broken(f"a frame over {MAX_MESSAGE_BYTES} bytes")
+    if length > limit:
+        raise _broken(f"a frame over {limit} bytes")
     return head, length
-
-
-def _control(ws: websocket.WebSocket, opcode: int, payload: bytes, batch: list[Frame]) -> None:
-    if opcode == PING:
-        _send_control(ws, payload, PONG)
-        batch.append((PING, payload))
-    elif opcode == PONG:
-        batch.append((PONG, payload))
-    else:
-        reason = _close_reason(payload)
-        logger.info("Feed closed the connection: %s", reason)
-        _send_control(ws, payload[:2], _CLOSE)  # echo the status, as RFC 6455 §5.5.1 asks
-        raise FeedError(f"feed closed the connection: {reason}")
 
 
 def _broken(what: str) -> FeedError:
     return FeedError(f"feed broke the WebSocket protocol: {what}")
 
 
-def _readable(sock: socket.socket | None) -> Callable[[], bool]:
+def _readable(sock: socket.socket) -> Callable[[], bool]:
     """A check whether a read would find data without waiting for the network.
 
     TLS decrypts a whole record at once, and the rest of it sits in the SSL
     object where poll() cannot see it.
     """
-    if sock is None:
-        return lambda: False
     poller = select.poll()  # not select(): descriptors above 1023 are fine
     poller.register(sock, select.POLLIN)
     if isinstance(sock, ssl.SSLSocket):
@@ -281,21 +385,15 @@ def _readable(sock: socket.socket | None) -> Callable[[], bool]:
 
 
 def _message(opcode: int, data: bytes) -> Frame:
-    if opcode == BINARY:
-        return BINARY, data
+    return data if opcode == BINARY else _text(data)
+
+
+def _text(data: bytes) -> str:
     try:
-        return TEXT, data.decode()
+        return data.decode()
     except UnicodeDecodeError as exc:
         # RFC 6455 §8.1: a text frame that is not UTF-8 fails the connection.
         raise FeedError("feed sent a text frame that is not UTF-8") from exc
-
-
-def _send_control(ws: websocket.WebSocket, data: bytes, opcode: int) -> None:
-    """Send a PONG or CLOSE answer; FeedError if that fails."""
-    try:
-        ws.send(data, opcode)
-    except (websocket.WebSocketException, OSError) as exc:
-        raise FeedError(f"feed connection failed: {exc or type(exc).__name__}") from exc
 
 
 def _close_reason(data: bytes) -> str:
