@@ -1,15 +1,19 @@
 """FeedActor: the price WebSocket, kept alive through DNS failures and dead connections.
 
-The actor owns one reader thread that does the blocking work: resolve the
-host through the ladder, connect to that IP with TLS on the hostname,
-subscribe, then read. Everything the socket already holds is drained into one
+The actor owns one reader thread that does the blocking work: ask the feed
+protocol where to connect, resolve the host through the ladder, connect to
+the first of its addresses that answers (TLS on the hostname), subscribe,
+then read. Everything the socket already holds is parsed into one
 `TickBatch`, told to CacheActor and MonitorActor (never one message per tick).
-A connection is dropped and re-made when a ping goes unanswered for
-`ping_timeout` or nothing at all arrives for `silence_timeout` (a half-open
-TCP connection looks exactly like a quiet market otherwise). Reconnects follow
-the backoff schedule forever; every `dns_check_every` failed attempts the
-DnsHealthActor is asked for a check. Feed lost and restored are one alert
+A `Watchdog` decides when to ping and when a connection is dead (a half-open
+TCP connection looks exactly like a quiet market otherwise). Reconnects
+follow the backoff schedule forever; every `dns_check_every` failed attempts
+the DnsHealthActor is asked for a check. Feed lost and restored are one alert
 each per transition.
+
+The subscription is `feed.symbols` plus the symbols of live positions:
+`Subscribe` adds to it at once, and each reconnect rebuilds it from the
+store, so a closed position's symbol is no longer asked for (finding C14).
 
 The actor's own mailbox only takes `Subscribe` messages (and the reader's
 death notice), so it always answers the supervisor's ping promptly.
@@ -23,22 +27,21 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import websocket
-
 from actors.base import GuardActor
 from actors.messages import Kick, Subscribe, TickBatch
 from tradeguard import alerts
 from tradeguard.backoff import Backoff
 from tradeguard.errors import FeedError, ResolverError
-from tradeguard.feed.connection import open_feed, read_batch
-from tradeguard.feed.wire_json import parse_frames, subscribe_frame
+from tradeguard.feed import FeedProtocol, Frame, Parsed, make_protocol
+from tradeguard.feed.connection import READ_TIMEOUT, FeedConnection
+from tradeguard.feed.watchdog import Watchdog
 
 logger = logging.getLogger(__name__)
 
 MAX_BATCH_FRAMES = 500
-READ_TIMEOUT = 0.25  # how often the reader looks at its watchdogs when the feed is quiet
 REJECT_LOG_EVERY = 10.0
-_DATA_OPCODES = (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY)
+
+__all__ = ["MAX_BATCH_FRAMES", "READ_TIMEOUT", "FeedActor"]
 
 
 @dataclass(frozen=True)
@@ -46,23 +49,21 @@ class ReaderDied:
     error: BaseException
 
 
+def _normal(symbol: str) -> str:
+    return symbol.strip().upper()  # as positions.validate_symbol and the json protocol do
+
+
 class FeedActor(GuardActor):
     def setup(self) -> None:
         cfg = self.services.cfg.feed
-        self.url = cfg.url
+        self.protocol: FeedProtocol = make_protocol(self.services.cfg)
         self.host = urlsplit(cfg.url).hostname or ""
         self._lock = threading.Lock()
-        self._wanted: set[str] = set(cfg.symbols)
-        self._wanted |= {p.symbol for p in self.services.store.live_positions()}
+        self._always = {_normal(s) for s in cfg.symbols if s.strip()}
+        self._wanted: set[str] = set()
         self._unsent: set[str] = set()
         self.services.feed_status.update(host=self.host, connected=False)
-        self._reader = threading.Thread(target=self._read_forever, name="feed-reader")
-        self._reader.start()
-
-    def teardown(self) -> None:
-        reader = getattr(self, "_reader", None)
-        if reader is not None:
-            reader.join(self.services.cfg.feed.connect_timeout + 2.0)
+        self.own_thread(self._read_forever, "feed-reader", join_timeout=cfg.connect_timeout + 2.0)
 
     def handle(self, message: object) -> object:
         if isinstance(message, Subscribe):
@@ -85,11 +86,20 @@ class FeedActor(GuardActor):
             logger.exception("[FEED] reader thread died")
             self.post(ReaderDied(exc))
 
-    def take_unsent(self, everything: bool) -> list[str]:
+    def subscription(self) -> list[str]:
+        """Everything to subscribe on a new connection: always-on symbols and live positions."""
+        live = {p.symbol for p in self.services.store.live_positions()}
         with self._lock:
-            symbols = set(self._wanted) if everything else set(self._unsent)
+            self._wanted = self._always | live
             self._unsent.clear()
-            return sorted(symbols)
+            return sorted(self._wanted)
+
+    def take_unsent(self) -> list[str]:
+        """Symbols added since the last subscribe on this connection."""
+        with self._lock:
+            symbols = sorted(self._unsent)
+            self._unsent.clear()
+            return symbols
 
 
 class _Reader:
@@ -99,67 +109,75 @@ class _Reader:
         self.actor = actor
         self.ctx = actor.ctx
         self.services = actor.services
+        self.protocol = actor.protocol
         self.cfg = actor.services.cfg.feed
         self.status = actor.services.feed_status
         self.stop = actor.ctx.stop_event
         self.backoff = Backoff(self.cfg.reconnect_initial_delay, self.cfg.reconnect_max_delay,
                                self.cfg.reconnect_jitter, self.cfg.stable_after)
+        self.host = actor.host
         self.failures = 0
-        self.down_since: float | None = None
+        self.down_since: float | None = None  # time.monotonic()
         self.last_reject_log = 0.0
-        self.ever_connected = False
+        self.seen_bytes = 0
 
     def run(self) -> None:
         while not self.stop.is_set():
-            ws = self._connect()
-            if ws is None:
+            conn = self._connect()
+            if conn is None:
                 self._wait_before_retry()
                 continue
             try:
-                self._read(ws)
-            except (FeedError, OSError, websocket.WebSocketException) as exc:
+                self._read(conn)
+            except (FeedError, OSError) as exc:
                 self._lost(str(exc) or type(exc).__name__)
             finally:
-                ws.close(timeout=0.5)
+                conn.close()
                 self.status.update(connected=False)
                 self.backoff.disconnected(time.monotonic())
             if not self.stop.is_set():
                 self._wait_before_retry()
 
-    def _connect(self) -> websocket.WebSocket | None:
-        host = self.actor.host
+    def _connect(self) -> FeedConnection | None:
         try:
-            resolution = self.services.resolver.resolve(host)
-            ws = open_feed(self.actor.url, resolution.address,
-                           connect_timeout=self.cfg.connect_timeout, ca_file=self.cfg.ca_file)
+            target = self.protocol.target()  # asked anew: it may be a one-time URL
+            self.host = urlsplit(target.url).hostname or self.host
+            resolution = self.services.resolver.resolve(self.host)
         except (ResolverError, FeedError) as exc:
             self._lost(str(exc))
             return None
-        ws.settimeout(READ_TIMEOUT)
+        try:
+            conn = FeedConnection.open(
+                target, resolution.addresses, connect_timeout=self.cfg.connect_timeout,
+                ca_file=self.cfg.ca_file, max_message_bytes=self.protocol.max_frame_bytes)
+        except FeedError as exc:
+            self.services.resolver.forget(self.host)  # the next attempt asks DNS again
+            self._lost(str(exc))
+            return None
+        self.services.resolver.confirm(self.host, conn.ip)
+        self._connected(conn.ip, resolution.via)
+        return conn
+
+    def _connected(self, ip: str, via: str) -> None:
         now = time.monotonic()
         self.backoff.connected(now)
-        self.status.update(connected=True, connected_ip=resolution.address,
-                           resolved_via=resolution.via, connected_since=now,
-                           last_message_mono=now)
-        logger.info("[FEED] Connected to %s at %s (via %s)", host, resolution.address,
-                    resolution.via)
+        self.seen_bytes = 0
+        self.status.update(host=self.host, connected=True, connected_ip=ip, resolved_via=via,
+                           connected_since=now, last_message_mono=now)
+        logger.info("[FEED] Connected to %s at %s (via %s)", self.host, ip, via)
         if self.down_since is not None:
-            down_for = time.time() - self.down_since
-            self.services.alerts.alert(alerts.feed_restored(host, resolution.address,
-                                                            resolution.via, down_for))
+            down_for = now - self.down_since
+            self.services.alerts.alert(alerts.feed_restored(self.host, ip, via, down_for))
             self.down_since = None
-        self.ever_connected = True
-        self._subscribe(ws, everything=True)
-        return ws
 
     def _lost(self, error: str) -> None:
         self.failures += 1
         self.status.count_error(error)
         self.services.metrics.feed_network_errors.inc()
-        logger.warning("[FEED] %s: %s", self.actor.host, error)
+        logger.warning("[FEED] %s: %s", self.host, error)
         if self.down_since is None:
-            self.down_since = time.time()
-            self.services.alerts.alert(alerts.feed_lost(self.actor.host, error))
+            self.down_since = time.monotonic()
+            self.services.alerts.alert(alerts.feed_lost(self.host, error))
         if self.failures % self.cfg.dns_check_every == 0:
             self.ctx.tell("DnsHealthActor", Kick("feed reconnect failures"))
 
@@ -170,43 +188,44 @@ class _Reader:
         logger.info("[FEED] Reconnecting in %.2fs (attempt %d)", delay, self.backoff.attempts)
         self.stop.wait(delay)
 
-    def _subscribe(self, ws: websocket.WebSocket, *, everything: bool) -> None:
-        symbols = self.actor.take_unsent(everything)
+    def _subscribe(self, conn: FeedConnection, symbols: list[str], *, everything: bool) -> None:
         if symbols:
-            ws.send(subscribe_frame(symbols))
+            for frame in self.protocol.subscribe(symbols):
+                conn.send(frame)
+        if everything:
+            self.status.update(subscribed=set(symbols))  # the current subscription (E3)
+        elif symbols:
             self.status.add_subscribed(symbols)
 
-    def _read(self, ws: websocket.WebSocket) -> None:
+    def _read(self, conn: FeedConnection) -> None:
         cfg = self.cfg
-        last_frame = last_ping = time.monotonic()
-        pong_due: float | None = None
+        dog = Watchdog(ping_interval=cfg.ping_interval, ping_timeout=cfg.ping_timeout,
+                       silence_timeout=cfg.silence_timeout, clock=time.monotonic)
+        self._subscribe(conn, self.actor.subscription(), everything=True)
         while not self.stop.is_set():
-            now = time.monotonic()
-            if now - last_frame > cfg.silence_timeout:
-                raise FeedError(f"no frame for {now - last_frame:.1f}s (silence timeout)")
-            if pong_due is not None and now > pong_due:
-                raise FeedError(f"no pong within {cfg.ping_timeout:.1f}s (half-open connection)")
-            if now - last_ping >= cfg.ping_interval:
-                ws.ping()
-                last_ping = now
-                pong_due = pong_due or now + cfg.ping_timeout
-            self._subscribe(ws, everything=False)
-            self.backoff.check_stable(now)
-            frames = read_batch(ws, MAX_BATCH_FRAMES)
-            if not frames:
-                continue
-            received = time.monotonic()
-            last_frame = received
-            if any(opcode == websocket.ABNF.OPCODE_PONG for opcode, _ in frames):
-                pong_due = None
-            self._forward(frames, received)
+            failure = dog.failure()
+            if failure is not None:
+                raise FeedError(failure)
+            if dog.ping_due():
+                conn.ping()
+            self._subscribe(conn, self.actor.take_unsent(), everything=False)
+            self.backoff.check_stable(time.monotonic())
+            frames = conn.read_batch(MAX_BATCH_FRAMES)
+            dog.observe(conn.bytes_received)
+            self._note_life(conn.bytes_received)
+            if frames:
+                self._forward(frames)
 
-    def _forward(self, frames: list[tuple[int, bytes | str]], received: float) -> None:
-        self.status.last_message_mono = received
-        parsed = parse_frames([data for opcode, data in frames if opcode in _DATA_OPCODES],
-                              time.time())
+    def _note_life(self, received: int) -> None:
+        if received != self.seen_bytes:
+            self.seen_bytes = received
+            self.status.last_message_mono = time.monotonic()
+
+    def _forward(self, frames: list[Frame]) -> None:
+        received = time.monotonic()
+        parsed = self.protocol.parse(frames, received)
         if parsed.rejects:
-            self._count_rejects(parsed.rejects)
+            self._count_rejects(parsed)
         if parsed.ticks:
             batch = TickBatch(tuple(parsed.ticks), received)
             self.ctx.tell("CacheActor", batch)
@@ -216,12 +235,13 @@ class _Reader:
             # Counted once told, so the count never runs ahead of the actors' mailboxes.
             self.services.metrics.feed_ticks.inc(len(parsed.ticks))
 
-    def _count_rejects(self, rejects: list[str]) -> None:
-        self.status.count_rejects(rejects)
-        for reason in rejects:
-            self.services.metrics.feed_rejected.labels(reason=reason).inc()
+    def _count_rejects(self, parsed: Parsed) -> None:
+        rejects = parsed.rejects
+        self.status.count_rejects(list(rejects.elements()))
+        for reason, count in rejects.items():
+            self.services.metrics.feed_rejected.labels(reason=reason).inc(count)
         now = time.monotonic()
         if now - self.last_reject_log >= REJECT_LOG_EVERY:
             self.last_reject_log = now
-            logger.warning("[FEED] rejected %d bad tick(s) (%s); totals in connection-health",
-                           len(rejects), ", ".join(sorted(set(rejects))))
+            logger.warning("[FEED] rejected %d bad part(s) of frames (%s); totals in "
+                           "connection-health", rejects.total(), ", ".join(sorted(rejects)))

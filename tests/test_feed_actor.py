@@ -16,8 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.harness import FEED_HOST, Harness, running
+from actors.system import System
+from tests.support.harness import FEED_HOST, Harness, SwitchableLookup, fast_config, running
 from tests.support.waiting import wait_until
+from tradeguard.sim.dns_server import DnsServer
+from tradeguard.sim.exchange import SimExchange
 
 
 def connected(h: Harness) -> bool:
@@ -73,8 +76,10 @@ def test_every_resolver_failing_uses_the_stale_address(tmp_path: Path) -> None:
         wait_until(lambda: connected(h), 10)
         assert feed(h)["resolved_via"] == f"fallback:{h.dns.address}"
         h.dns.mode = "servfail"
+        errors = h.system.services.feed_status.network_errors
         h.exchange.stop()
-        wait_until(lambda: not connected(h), 10)
+        # The drop, then a refused connect: the cached answer is forgotten, DNS asked again.
+        wait_until(lambda: h.system.services.feed_status.network_errors >= errors + 2, 10)
         h.exchange.start()
         wait_until(lambda: connected(h), 15)
         assert feed(h)["resolved_via"] == "stale"
@@ -139,7 +144,7 @@ BAD_FRAMES = [
     '{"symbol": "AAA", "price": Infinity}', '{"symbol": "AAA", "price": -5}',
     '{"symbol": "AAA", "price": 0}', '{"symbol": "AAA", "price": true}',
     '{"symbol": "AAA", "price": 1e400}', '{"symbol": "", "price": 10}',
-    '{"symbol": "AAA", "price": 10, "ts": "yesterday"}', '{"type": "mystery"}',
+    '{"symbol": "BBB", "price": 10, "ts": "yesterday"}', '{"type": "mystery"}',
     '[{"symbol": "AAA", "price": -1}, "junk", {"symbol": "AAA", "price": 99.5}]',
     b"\xff\xfe binary garbage",
 ]
@@ -161,3 +166,50 @@ def test_malformed_frames_are_counted_and_never_poison_the_cache(tmp_path: Path)
             "tradeguard_feed_rejected_total", {"reason": next(iter(rejected))}) >= 1
         assert connected(h) and h.position("AAA").state.value == "open"
         assert h.system.supervisor.status()["FeedActor"]["restarts"] == 0
+
+
+def test_a9_a_dead_first_a_record_does_not_keep_the_feed_down(tmp_path: Path) -> None:
+    """A9: the first address refuses, the feed connects to the second and confirms only it."""
+    with SimExchange() as exchange, DnsServer() as dns:
+        dns.set_record(FEED_HOST, ["127.0.0.2", "127.0.0.1"])  # nothing listens on .2
+        system = System(fast_config(tmp_path, exchange, dns, None, {}),
+                        system_lookup=SwitchableLookup(), api_port=0)
+        system.start()
+        try:
+            status = system.services.feed_status
+            wait_until(lambda: status.connected, 10)
+            assert status.connected_ip == "127.0.0.1"
+            # A10, the feed's half: only the address a connection proved is remembered.
+            wait_until(lambda: system.services.store.load_addresses(FEED_HOST) == ["127.0.0.1"],
+                       5)
+        finally:
+            system.stop()
+
+
+def test_c14_a_closed_positions_symbol_is_not_resubscribed(tmp_path: Path) -> None:
+    """C14/E3: a reconnect subscribes feed.symbols and live positions only, and says so."""
+    with running(tmp_path, feed={"symbols": [" always "]}) as h:
+        h.open_long("GONE", 100.0, 90.0)
+        wait_until(lambda: connected(h) and any("GONE" in s for s in h.exchange.subscriptions),
+                   10)
+        h.exchange.send_tick("GONE", 80.0)  # the stop fires and the position closes
+        wait_until(lambda: h.position("GONE").state.value == "closed", 10)
+        assert feed(h)["subscribed_symbols"] == 2
+        before = len(h.exchange.subscriptions)
+        h.exchange.stop()
+        wait_until(lambda: not connected(h), 10)
+        h.exchange.start()
+        wait_until(lambda: connected(h) and len(h.exchange.subscriptions) > before, 15)
+        assert h.exchange.subscriptions[-1] == ["ALWAYS"]
+        assert feed(h)["subscribed_symbols"] == 1
+
+
+def test_ticks_are_stamped_on_the_monotonic_clock(tmp_path: Path) -> None:
+    """Contract 1 (A4): a tick's age is measured on time.monotonic(), never the wall clock."""
+    with running(tmp_path) as h:
+        wait_until(lambda: connected(h), 10)
+        before = time.monotonic()
+        h.exchange.send_tick("MONO", 5.0)
+        wait_until(lambda: h.system.services.cache.quote("MONO", time.monotonic()) is not None, 5)
+        quote = h.system.services.cache.quote("MONO", time.monotonic())
+        assert quote is not None and before <= quote.received_at <= time.monotonic()
