@@ -92,6 +92,7 @@ def check_invariants(db: Path, promises: Promises) -> None:
     try:
         assert conn.execute("PRAGMA integrity_check").fetchall()[0][0] == "ok"
         rows = {r["id"]: r for r in conn.execute("SELECT * FROM positions")}
+        alerts = [r[0] for r in conn.execute("SELECT text FROM outbox ORDER BY id")]
     finally:
         conn.close()
     live: list[str] = []
@@ -109,6 +110,9 @@ def check_invariants(db: Path, promises: Promises) -> None:
             live.append(row["symbol"])
     assert len(live) == len(set(live)), f"two live rows for one symbol: {live}"
     assert len(live) <= 1, f"the writer works one position at a time: {live}"
+    # B1: a close and its alert are one transaction: each closed row has its alert, once.
+    closed_ids = sorted(i for i, r in rows.items() if r["state"] == "closed")
+    assert sorted(alerts) == sorted(f"closed {i}" for i in closed_ids)
     order_ids = [r["client_order_id"] for r in rows.values() if r["client_order_id"]]
     assert len(order_ids) == len(set(order_ids))
     for position_id, client_order_id in promises.claimed.items():
@@ -119,6 +123,7 @@ def check_invariants(db: Path, promises: Promises) -> None:
 
 
 def test_kill_9_at_random_moments_never_breaks_the_store(tmp_path: Path) -> None:
+    """B1 too: no kill falls between a close and its alert."""
     rng = random.Random(SEED)
     db, stderr = tmp_path / "tradeguard.db", tmp_path / "writer.err"
     promises = Promises()

@@ -3,7 +3,8 @@
 Usage: python store_writer.py DB_PATH [COUNT]
 
 First it finishes whatever a killed predecessor left live, as TradeGuard does on
-start, then it cycles through a few symbols: add, claim_close, finish_close.
+start, then it cycles through a few symbols: add, claim_close, finish_close (which
+queues the alert "closed ID" in its own transaction).
 Each line it prints is printed only after the transition it names returned, so
 the test may hold the store to every line it read:
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import sys
 import time
 
+from tradeguard.alerts import Alert, Severity
 from tradeguard.positions import Position, Side, State, pnl
 from tradeguard.store import Store
 
@@ -36,8 +38,9 @@ def say(*words: object) -> None:
 def finish(store: Store, claimed: Position) -> None:
     assert claimed.id is not None
     exit_price = claimed.entry_price * 0.97  # a stop-loss fill
+    alert = Alert("position_closed", Severity.WARNING, f"closed {claimed.id}")
     closed = store.finish_close(claimed.id, f"paper-{claimed.client_order_id}", exit_price,
-                                pnl(claimed, exit_price), closed_at=time.time())
+                                pnl(claimed, exit_price), closed_at=time.time(), alert=alert)
     if closed is None:
         raise SystemExit(f"position {claimed.id} was not closing")
     say("closed", closed.id, closed.client_order_id)
