@@ -214,7 +214,8 @@ class HttpClient:
             if isinstance(self._resolver, Remembers) and resolution.via != "literal":
                 self._resolver.forget(key[1])  # no address answered: ask again next time
             raise
-        self.connections_opened += 1
+        with self._lock:
+            self.connections_opened += 1
         if isinstance(self._resolver, Remembers):
             self._resolver.confirm(key[1], conn.ip)
         return conn
