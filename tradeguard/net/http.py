@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 MAX_BODY = 1 << 20
 MAX_IDLE = 4  # kept-alive connections per (scheme, host, port): one per concurrent close
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})  # RFC 9110 §9.2.2
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})  # RFC 9110 §9.2.2
 # What a kept-alive connection the server already dropped looks like on the next request.
 _DEAD_CONNECTION = (ConnectionError, http.client.RemoteDisconnected, ssl.SSLEOFError,
                     http.client.NotConnected)
@@ -146,7 +146,7 @@ class HttpClient:
         key = _key(parts)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         payload = None if body is None else json.dumps(body).encode()
-        repeatable = method.upper() in SAFE_METHODS if idempotent is None else idempotent
+        repeatable = method.upper() in IDEMPOTENT_METHODS if idempotent is None else idempotent
         try:
             return self._send(key, method, path, payload, headers)
         except _Dropped as dropped:
