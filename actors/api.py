@@ -2,14 +2,17 @@
 
 The serving loop runs in a thread this actor owns and is stopped by the same
 thread that runs it (waitress is not safe to close from another thread), as
-soon as this incarnation's stop event is set.
+soon as this incarnation's stop event is set. If the loop dies of an error,
+it tells the actor, which raises: the supervisor sees the death and restarts
+ApiActor (finding C6). Without that, the mailbox would go on answering
+liveness pings while nothing served emergency close, /healthz or /metrics.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
+from dataclasses import dataclass
 
 from flask import Flask
 from waitress.wasyncore import loop
@@ -24,16 +27,30 @@ LOOP_TIMEOUT = 0.2
 BIND_ATTEMPTS = 10
 
 
+@dataclass(frozen=True)
+class ServingFailed:
+    """The serving thread ended with an error; the actor dies of it."""
+
+    error: str
+
+
+class ServerDied(RuntimeError):
+    """Raised by ApiActor when its serving thread has died."""
+
+
 class ApiActor(GuardActor):
     def setup(self) -> None:
-        api = self.services.api
-        assert api is not None, "the System sets services.api before starting children"
-        cfg = self.services.cfg.api
-        self._listener = self._bind(create_app(api), cfg.host, self.services.api_port)
-        self.services.api_port = self._listener.port
-        self._thread = threading.Thread(target=self._serve, name="api-http")
-        self._thread.start()
-        logger.info("[API] listening on http://%s:%s/", cfg.host, self.services.api_port)
+        endpoint, cfg = self.services.api, self.services.cfg.api
+        app = create_app(endpoint.guard)
+        self._listener = self._bind(app, cfg.host, endpoint.port)
+        endpoint.bound = self._listener.port
+        self.own_thread(self._serve, "api-http", join_timeout=5.0)
+        logger.info("[API] listening on http://%s:%s/", cfg.host, endpoint.bound)
+
+    def handle(self, message: object) -> object:
+        if isinstance(message, ServingFailed):
+            raise ServerDied(f"HTTP serving thread died: {message.error}")
+        return super().handle(message)
 
     def _bind(self, app: Flask, host: str, port: int) -> Listener:
         # A previous incarnation may still be releasing the port; retry briefly.
@@ -51,10 +68,8 @@ class ApiActor(GuardActor):
         try:
             while not stop.is_set():
                 loop(timeout=LOOP_TIMEOUT, map=listener.socket_map, count=1)
+        except Exception as exc:
+            logger.exception("[API] the HTTP serving thread failed")
+            self.post(ServingFailed(repr(exc)))
         finally:
             listener.close()
-
-    def teardown(self) -> None:
-        thread = getattr(self, "_thread", None)
-        if thread is not None:
-            thread.join(5.0)

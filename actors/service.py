@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
-import time
 from types import FrameType
 
 import pykka.debug
 
 from actors import sdnotify
 from actors.system import System
-from tradeguard.config import Config, is_loopback
+from tradeguard.config import Config, is_loopback, mask_url
 from tradeguard.errors import TradeGuardError
 from tradeguard.exits import EX_CONFIG, EX_OK, EX_SOFTWARE
 from tradeguard.logs import setup_logging
@@ -54,15 +52,15 @@ def run_service(cfg: Config) -> int:
     except TradeGuardError as exc:
         logger.error("Cannot start: %s", exc)
         return EX_CONFIG
-    if system.token_path is not None:
-        # Printed once, never logged: the operator needs it for the close endpoint.
-        print(f"API token: {system.api_token} (saved 0600 in {system.token_path})",
-              file=sys.stderr, flush=True)
+    _warn_if_paper(cfg)
     try:
         system.start()
-        _wait_until_up(system, stop)
+        # READY=1 means every child has finished starting, not merely been started.
+        if not system.wait_started(STARTUP_WAIT, stop) and not stop.is_set():
+            logger.warning("Not every actor is up after %.0fs; running anyway, the supervisor "
+                           "keeps restarting them", STARTUP_WAIT)
         sdnotify.notify("READY=1")
-        logger.info("TradeGuard running; feed %s", cfg.feed.url)
+        logger.info("TradeGuard running; feed %s", mask_url(cfg.feed.url))
         while not stop.wait(0.5):
             if system.supervisor.gave_up.is_set():
                 break
@@ -81,12 +79,9 @@ def run_service(cfg: Config) -> int:
     return EX_OK
 
 
-def _wait_until_up(system: System, stop: threading.Event) -> None:
-    """READY=1 means every child has finished starting, not merely been started."""
-    deadline = time.monotonic() + STARTUP_WAIT
-    while not system.supervisor.all_up() and time.monotonic() < deadline:
-        if stop.wait(0.05) or system.supervisor.gave_up.is_set():
-            return
-    if not system.supervisor.all_up():
-        logger.warning("Not every actor is up after %.0fs; running anyway, the supervisor "
-                       "keeps restarting them", STARTUP_WAIT)
+def _warn_if_paper(cfg: Config) -> None:
+    """A paper broker closes nothing real: say so loudly, at start (finding A15)."""
+    if cfg.broker.kind == "paper":
+        logger.critical("[BROKER] broker.kind is \"paper\": closes are SIMULATED and no order "
+                        "reaches a real broker. Real positions are NOT protected; set [broker] "
+                        "kind (and url, token) to guard them.")

@@ -147,7 +147,7 @@ def live(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Iterator[Harness]:
 
 @pytest.fixture
 def client(live: Harness) -> Client:
-    return Client(live.system.services.api_port)
+    return Client(live.system.api_port)
 
 
 def feed_ready(h: Harness, symbol: str) -> bool:
@@ -308,7 +308,7 @@ def test_bad_faults_are_400(client: Client) -> None:
 
 def test_the_fault_endpoint_is_404_unless_enabled(tmp_path: Path) -> None:
     with running(tmp_path, debug={"fault_injection": False}) as h:
-        client = Client(h.system.services.api_port)
+        client = Client(h.system.api_port)
         body = {"actor": "CacheActor", "kind": "crash"}
         assert_error(client.call("POST", "/api/v1/debug/fault", body), 404, "fault_injection")
         assert h.system.supervisor.status()["CacheActor"]["restarts"] == 0
@@ -341,7 +341,7 @@ POSITIONS = "/api/v1/positions"
 
 
 def test_a_body_of_exactly_64_kib_is_read_with_or_without_chunking(live: Harness) -> None:
-    port = live.system.services.api_port
+    port = live.system.api_port
     data = padded(LONG, MAX_BODY_BYTES)
     by_length = raw(port, request_head("POST", POSITIONS, f"Content-Length: {len(data)}") + data)
     assert by_length.status == 201, by_length.text
@@ -353,7 +353,7 @@ def test_a_body_of_exactly_64_kib_is_read_with_or_without_chunking(live: Harness
 
 def test_a_body_over_64_kib_is_413_json_with_a_length(live: Harness) -> None:
     data = padded(LONG, MAX_BODY_BYTES + 1)
-    answer = raw(live.system.services.api_port,
+    answer = raw(live.system.api_port,
                  request_head("POST", POSITIONS, f"Content-Length: {len(data)}") + data)
     assert_error(answer, 413)
     assert live.system.services.store.live_positions() == []
@@ -362,7 +362,7 @@ def test_a_body_over_64_kib_is_413_json_with_a_length(live: Harness) -> None:
 def test_a_chunked_body_over_64_kib_is_413_json(live: Harness) -> None:
     # No Content-Length: waitress joins the chunks, then the app sees the size.
     data = padded(LONG, MAX_BODY_BYTES + 4096)
-    answer = raw(live.system.services.api_port,
+    answer = raw(live.system.api_port,
                  request_head("POST", POSITIONS, "Transfer-Encoding: chunked"), chunked(data))
     assert_error(answer, 413)
     assert live.system.services.store.live_positions() == []
@@ -371,7 +371,7 @@ def test_a_chunked_body_over_64_kib_is_413_json(live: Harness) -> None:
 def test_a_huge_body_is_refused_before_it_is_sent(live: Harness) -> None:
     # Only the head goes out: waitress must answer from the declared length alone,
     # not wait for (and buffer) ten megabytes.
-    answer = raw(live.system.services.api_port,
+    answer = raw(live.system.api_port,
                  request_head("POST", POSITIONS, "Content-Length: 10485760"))
     assert_error(answer, 413)
 
@@ -379,7 +379,7 @@ def test_a_huge_body_is_refused_before_it_is_sent(live: Harness) -> None:
 def test_a_chunked_body_is_cut_off_at_the_wire_limit(live: Harness) -> None:
     # Chunks that never end: the server stops reading at its limit and answers.
     endless = (b"1000\r\n" + b" " * 4096 + b"\r\n" for _ in range(WIRE_BODY_LIMIT // 4096 + 8))
-    answer = raw(live.system.services.api_port,
+    answer = raw(live.system.api_port,
                  request_head("POST", POSITIONS, "Transfer-Encoding: chunked"), endless)
     assert_error(answer, 413)
 
@@ -397,7 +397,7 @@ def test_a_chunked_body_is_cut_off_at_the_wire_limit(live: Harness) -> None:
 def test_requests_waitress_refuses_itself_are_json(live: Harness, extra: bytes,
                                                    code: int) -> None:
     head = b"POST /api/v1/positions HTTP/1.1\r\nHost: 127.0.0.1\r\n" + extra
-    assert_error(raw(live.system.services.api_port, head), code)
+    assert_error(raw(live.system.api_port, head), code)
 
 
 # Auth ------------------------------------------------------------------------------
@@ -423,7 +423,7 @@ def test_reads_are_open_on_loopback_and_need_the_token_when_protected(
         assert client.call("GET", path, token=None).status == 200, path
     # What api.host = 0.0.0.0 sets (tests/test_run_refusals.py starts one for real);
     # here the server stays on loopback.
-    live.system.protect_reads = True
+    live.system.guard.protect_reads = True
     for path in READS:
         assert_error(client.call("GET", path, token=None), 401)
         assert_error(client.call("GET", path, token="wrong-token"), 401)
@@ -440,7 +440,7 @@ def test_healthz_is_503_while_an_actor_is_hung_then_200_after_its_restart(
     # A one-second restart backoff keeps the hung actor's gap wide enough to see.
     slow_restart = {"restart_backoff_min": 1.0, "restart_backoff_max": 1.0}
     with running(tmp_path, supervisor=slow_restart) as h:
-        client = Client(h.system.services.api_port)
+        client = Client(h.system.api_port)
         assert client.call("GET", "/healthz").status == 200
         hang = client.call("POST", "/api/v1/debug/fault", {"actor": "MonitorActor",
                                                            "kind": "hang"})

@@ -24,7 +24,9 @@ from openapi_spec_validator import validate
 from werkzeug.test import TestResponse
 
 import tradeguard
-from tests.support.guard_impl import GUARD_TOKEN, GuardImpl
+from tests.conftest import GUARD_TOKEN, World
+from tradeguard.guard import Guard
+from tradeguard.web.app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "openapi.yaml"
@@ -121,7 +123,9 @@ LONG = {"symbol": "BOSCHLTD", "side": "long", "quantity": 2, "entry_price": 575.
         "stop_loss": 560.0, "take_profit": 600.0}
 
 
-def tour(client: FlaskClient, guard: GuardImpl) -> Iterator[tuple[str, str, TestResponse]]:
+def tour(
+    client: FlaskClient, guard: Guard, world: World
+) -> Iterator[tuple[str, str, TestResponse]]:
     """Every operation, through its success and its documented failures."""
 
     def call(method: str, path: str, body: Any = None, auth: bool = True,
@@ -145,16 +149,23 @@ def tour(client: FlaskClient, guard: GuardImpl) -> Iterator[tuple[str, str, Test
     yield call("PATCH", f"{positions}/BOSCHLTD", {"take_profit": None})
     yield call("PATCH", f"{positions}/TCS", {"stop_loss": 1.0})  # 404
     yield call("PATCH", f"{positions}/BOSCHLTD", {"stop_loss": 600.0})  # 400
-    guard.tick("BOSCHLTD", 570.0, age=40.0)
-    guard.tick("INFY", 570.0, age=400.0)
+    world.tick("BOSCHLTD", 570.0, age=40.0)  # INFY never priced
     yield call("GET", "/api/v1/monitoring/connection-health")
     yield call("GET", "/api/v1/status")
     yield call("POST", close, {"symbol": "BOSCHLTD", "reason": "stop_loss"})
     yield call("POST", close, {"symbol": "BOSCHLTD"})  # 404
     yield call("POST", close, {"symbol": "INFY"})  # 502: no usable price
     yield call("POST", close, {"symbol": "INFY", "reason": "whim"})  # 400
-    guard.store.claim_close("INFY", "emergency")
+    world.store.claim_close("INFY", "emergency")
     yield call("POST", close, {"symbol": "INFY"})  # 409
+    yield call("POST", f"{positions}/INFY/release")  # 409
+    yield call("POST", f"{positions}/BOSCH$LTD/release")  # 400
+    yield call("POST", f"{positions}/TCS/release", auth=False)  # 401
+    yield call("POST", f"{positions}/TCS/release")  # 404
+    yield call("POST", positions, {**LONG, "symbol": "TCS"})
+    yield call("POST", f"{positions}/TCS/release")
+    busy = create_app(guard, close_slots=0).test_client()  # every close slot taken
+    yield "POST", close, busy.post(close, json={"symbol": "TCS"}, headers=AUTH)  # 503
     yield call("GET", "/api/v1/status")
     yield call("GET", positions)
     yield call("POST", fault, {"actor": "CacheActor", "kind": "crash"})
@@ -178,10 +189,10 @@ def tour(client: FlaskClient, guard: GuardImpl) -> Iterator[tuple[str, str, Test
 
 
 def test_every_answer_is_documented_with_its_schema(
-    client: FlaskClient, guard: GuardImpl, spec: dict[str, Any]
+    client: FlaskClient, guard: Guard, world: World, spec: dict[str, Any]
 ) -> None:
     seen: set[tuple[str, str, int]] = set()
-    for method, path, resp in tour(client, guard):
+    for method, path, resp in tour(client, guard, world):
         check_answer(spec, method, path, resp)
         seen.add((method, operation(spec, method, path)["operationId"], resp.status_code))
     documented = {

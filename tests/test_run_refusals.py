@@ -2,8 +2,9 @@
 
 A non-loopback api.host without a configured token is refused with 78 before
 anything starts; with a token it starts, guards its reads, and stops with 0 on
-SIGTERM. Without a configured token on loopback, a token is generated, saved
-0600 beside the store, printed once, and never logged.
+SIGTERM. Without a configured token on loopback, a token is generated once,
+saved 0600 beside the store, reused by later starts, and never printed or
+logged: the log names the file.
 """
 
 from __future__ import annotations
@@ -134,9 +135,8 @@ def test_a_public_host_with_a_token_starts_and_guards_its_reads(
         assert secret not in svc.stderr
 
 
-def test_a_generated_token_is_saved_0600_and_printed_once(
-    tmp_path: Path, exchange: SimExchange, service: list[Service]
-) -> None:
+def start_and_read_token(tmp_path: Path, exchange: SimExchange,
+                         service: list[Service]) -> tuple[Service, int, str]:
     port = write_config(tmp_path, exchange, host="127.0.0.1", token="")
     svc = Service(tmp_path)
     service.append(svc)
@@ -144,14 +144,37 @@ def test_a_generated_token_is_saved_0600_and_printed_once(
     saved = tmp_path / "data" / "api-token"
     assert stat.S_IMODE(saved.stat().st_mode) == 0o600
     token = saved.read_text().strip()
-    assert len(token) >= 32
     assert svc.get(port, "/api/v1/positions", token=token) == 200
-    assert svc.terminate() == 0, svc.stderr
+    return svc, port, token
 
-    lines = [line for line in svc.stderr.splitlines() if token in line]
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("API token: "), "printed for the operator, not logged"
-    assert BROKER_TOKEN not in svc.stderr
+
+def test_c12_d3_a_generated_token_is_saved_0600_named_in_the_log_and_reused(
+    tmp_path: Path, exchange: SimExchange, service: list[Service]
+) -> None:
+    """C12: a restart keeps the operator's token working. D3: only the file is logged."""
+    svc, port, token = start_and_read_token(tmp_path, exchange, service)
+    assert len(token) >= 32
+    assert svc.terminate() == 0, svc.stderr
+    first = svc.stderr
+    assert token not in first, "the token went to stderr, that is, to the journal"
+    assert f"saved it 0600 in {tmp_path / 'data' / 'api-token'}" in first
+    again, port, reused = start_and_read_token(tmp_path, exchange, service)
+    assert reused == token
+    assert again.get(port, "/api/v1/positions", token=token) == 200
+    assert again.terminate() == 0, again.stderr
+    assert token not in again.stderr
+    assert "reusing the one saved in" in again.stderr
+    assert BROKER_TOKEN not in first + again.stderr
+
+
+def test_a15_run_with_the_paper_broker_warns_loudly(
+    tmp_path: Path, exchange: SimExchange, service: list[Service]
+) -> None:
+    """A15: the default broker.kind closes nothing real; `run` says so at start."""
+    svc, _, _ = start_and_read_token(tmp_path, exchange, service)
+    assert svc.terminate() == 0, svc.stderr
+    warning = next(line for line in svc.stderr.splitlines() if "[BROKER]" in line)
+    assert "CRITICAL" in warning and "SIMULATED" in warning and "NOT protected" in warning
 
 
 def test_a_generated_token_is_never_logged(

@@ -127,7 +127,7 @@ def test_a_protected_page_asks_for_the_token_first(browser: Any, tmp_path: Path)
 
     with running(tmp_path) as h:
         priced_position(h, "INFY", 1500.0)
-        h.system.protect_reads = True  # what a non-loopback api.host sets
+        h.system.guard.protect_reads = True  # what a non-loopback api.host sets
         browser.get(h.url + "/")
         form = browser.find_element(By.ID, "token-form")
         wait_until(form.is_displayed, 10, message="the page did not ask for the token")

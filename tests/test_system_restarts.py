@@ -19,6 +19,7 @@ import pytest
 from tests.support.harness import Harness, running
 from tests.support.waiting import wait_until
 from tradeguard import alerts
+from tradeguard.positions import Position, Side
 
 ACTORS = ["FeedActor", "DnsHealthActor", "CacheActor", "MonitorActor", "NotifierActor",
           "ApiActor"]
@@ -52,9 +53,7 @@ def test_actor_death_loses_nothing(tmp_path: Path, actor: str, mode: str) -> Non
             "symbol": "BBB", "side": "long", "quantity": 5, "entry_price": 50.0,
             "stop_loss": 45.0, "take_profit": None}) if actor != "ApiActor" else (None, None)
         if actor == "ApiActor":
-            h.system.open_position({"symbol": "BBB", "side": "long", "quantity": 5,
-                                    "entry_price": 50.0, "stop_loss": 45.0,
-                                    "take_profit": None})
+            h.system.guard.open_position(Position("BBB", Side.LONG, 5, 50.0, 45.0, None))
         else:
             assert status == 201, body
 

@@ -1,8 +1,8 @@
-"""The HTTP layer through Flask's test client, over a GuardApi built from real parts.
+"""The HTTP layer through Flask's test client, over the real Guard.
 
-`GuardImpl` (tests/support/guard_impl.py) keeps positions in a real SQLite
-store, prices in a real cache, and closes through the real Closer and paper
-broker, so a 409 or a 502 here is the store or the broker saying so.
+The `guard` fixture (tests/conftest.py) is `tradeguard.guard.Guard` on a real
+SQLite store, price cache, Closer and paper broker, so a 409 or a 502 here is
+the store or the broker saying so; only the actors are a table.
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ from flask.testing import FlaskClient
 from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.test import TestResponse
 
-from tests.support.guard_impl import GUARD_TOKEN, GuardImpl
+from tests.conftest import GUARD_TOKEN, World
+from tradeguard.guard import Guard
 from tradeguard.health import ServerHealth
 from tradeguard.web.app import MAX_BODY_BYTES, create_app
+from tradeguard.web.auth import FailureLimit
 from tradeguard.web.errors import INTERNAL_ERROR, LogBudget
 
 TOKEN = GUARD_TOKEN
@@ -152,9 +154,9 @@ def test_invalid_patch_is_400_and_changes_nothing(
 # Emergency close ---------------------------------------------------------------------
 
 
-def test_emergency_close_fills_at_the_cached_price(client: FlaskClient, guard: GuardImpl) -> None:
+def test_emergency_close_fills_at_the_cached_price(client: FlaskClient, world: World) -> None:
     open_position(client)
-    guard.tick("BOSCHLTD", 570.0, age=12.0)
+    world.tick("BOSCHLTD", 570.0, age=12.0)
     resp = close(client, {"symbol": "BOSCHLTD"})
     assert resp.status_code == 200, resp.get_json()
     body = resp.get_json()
@@ -168,24 +170,34 @@ def test_emergency_close_fills_at_the_cached_price(client: FlaskClient, guard: G
     assert [(p["state"], p["exit_price"]) for p in listed] == [("closed", 570.0)]
 
 
-def test_closing_a_closed_position_is_404(client: FlaskClient, guard: GuardImpl) -> None:
+def test_closing_a_closed_position_is_404(client: FlaskClient, world: World) -> None:
     open_position(client)
-    guard.tick("BOSCHLTD", 580.0)
+    world.tick("BOSCHLTD", 580.0)
     assert close(client, {"symbol": "BOSCHLTD", "reason": "take_profit"}).status_code == 200
     assert_error(close(client, {"symbol": "BOSCHLTD"}), 404, "no open position")
 
 
-def test_close_while_one_is_under_way_is_409(client: FlaskClient, guard: GuardImpl) -> None:
+def test_close_while_one_is_under_way_is_409(client: FlaskClient, world: World) -> None:
     open_position(client)
-    guard.tick("BOSCHLTD", 570.0)
-    guard.store.claim_close("BOSCHLTD", "stop_loss")  # the monitor got there first
+    world.tick("BOSCHLTD", 570.0)
+    world.store.claim_close("BOSCHLTD", "stop_loss")  # the monitor got there first
     assert_error(close(client, {"symbol": "BOSCHLTD"}), 409, "under way")
-    assert guard.broker.orders == []
+    assert world.broker.orders == []
 
 
-def test_close_without_a_usable_price_is_502(client: FlaskClient, guard: GuardImpl) -> None:
+def test_a_blind_close_fills_at_the_last_price_with_its_true_age(
+    client: FlaskClient, world: World
+) -> None:
+    """A market close fills whatever the market does: the answer says how old the price is."""
     open_position(client)
-    guard.tick("BOSCHLTD", 570.0, age=400.0)  # older than cache_timeout: not usable
+    world.tick("BOSCHLTD", 570.0, age=400.0)  # older than cache_timeout: blind
+    body = close(client, {"symbol": "BOSCHLTD"}).get_json()
+    assert body["exit_price"] == 570.0
+    assert body["price_age_seconds"] == pytest.approx(400.0, abs=1.0)
+
+
+def test_close_without_any_price_is_502(client: FlaskClient) -> None:
+    open_position(client)
     assert_error(close(client, {"symbol": "BOSCHLTD"}), 502, "no usable price")
     assert positions(client)["BOSCHLTD"]["state"] == "close_failed"
 
@@ -202,12 +214,11 @@ def test_close_without_a_usable_price_is_502(client: FlaskClient, guard: GuardIm
     ],
 )
 def test_bad_close_request_is_400_before_anything_is_claimed(
-    client: FlaskClient, guard: GuardImpl, body: dict[str, Any], field: str
-) -> None:
+    client: FlaskClient, body: dict[str, Any], field: str, world: World) -> None:
     open_position(client)
-    guard.tick("BOSCHLTD", 570.0)
+    world.tick("BOSCHLTD", 570.0)
     assert_error(close(client, body), 400, field)
-    live = guard.store.live_position("BOSCHLTD")
+    live = world.store.live_position("BOSCHLTD")
     assert live is not None and live.state.value == "open" and live.client_order_id is None
 
 
@@ -229,22 +240,20 @@ BAD_AUTH = [
 @pytest.mark.parametrize("headers", BAD_AUTH)
 @pytest.mark.parametrize(("method", "path", "body"), WRITES)
 def test_every_write_needs_the_token(
-    client: FlaskClient, guard: GuardImpl, method: str, path: str, body: Any,
-    headers: dict[str, str],
-) -> None:
+    client: FlaskClient, method: str, path: str, body: Any,
+    headers: dict[str, str], world: World) -> None:
     open_position(client)
     resp = client.open(path, method=method, json=body, headers=headers)
     assert_error(resp, 401, "token")
     assert resp.headers["WWW-Authenticate"] == "Bearer"
-    assert guard.faults == []
+    assert world.actors.faults == []
     assert positions(client)["BOSCHLTD"]["state"] == "open"
 
 
 @pytest.mark.parametrize(("method", "path", "body"), WRITES)
 def test_writes_pass_with_the_token(
-    client: FlaskClient, guard: GuardImpl, method: str, path: str, body: Any
-) -> None:
-    guard.tick("BOSCHLTD", 570.0)
+    client: FlaskClient, method: str, path: str, body: Any, world: World) -> None:
+    world.tick("BOSCHLTD", 570.0)
     if path != "/api/v1/positions":
         open_position(client)
     resp = client.open(path, method=method, json=body, headers=AUTH)
@@ -259,7 +268,7 @@ def test_reads_are_open_on_loopback(client: FlaskClient, method: str, path: str)
 @pytest.mark.parametrize("headers", BAD_AUTH)
 @pytest.mark.parametrize(("method", "path"), READS)
 def test_reads_need_the_token_when_protected(
-    client: FlaskClient, guard: GuardImpl, method: str, path: str, headers: dict[str, str]
+    client: FlaskClient, guard: Guard, method: str, path: str, headers: dict[str, str]
 ) -> None:
     guard.protect_reads = True
     resp = client.open(path, method=method, headers=headers)
@@ -270,27 +279,23 @@ def test_reads_need_the_token_when_protected(
 
 @pytest.mark.parametrize("path", OPEN_PATHS)
 def test_health_metrics_and_page_need_no_token(
-    client: FlaskClient, guard: GuardImpl, path: str
+    client: FlaskClient, guard: Guard, path: str
 ) -> None:
     guard.protect_reads = True
     assert client.get(path).status_code == 200
 
 
-def test_an_empty_api_token_is_refused(tmp_path: Path) -> None:
-    impl = GuardImpl(tmp_path / "empty.db", api_token="")
-    try:
-        with pytest.raises(ValueError, match="api_token"):
-            create_app(impl)
-    finally:
-        impl.close()
+def test_an_empty_api_token_is_refused(guard: Guard) -> None:
+    guard.api_token = ""
+    with pytest.raises(ValueError, match="api_token"):
+        create_app(guard)
 
 
 def test_the_token_appears_in_no_response_and_no_log(
-    client: FlaskClient, guard: GuardImpl, caplog: pytest.LogCaptureFixture
-) -> None:
+    client: FlaskClient, guard: Guard, caplog: pytest.LogCaptureFixture, world: World) -> None:
     caplog.set_level(logging.DEBUG)
     wrong = "Bearer wrong-Kq81-s3cret"
-    guard.tick("BOSCHLTD", 570.0)
+    world.tick("BOSCHLTD", 570.0)
     responses = [client.post("/api/v1/positions", json=LONG, headers=AUTH)]
     for headers in ({}, AUTH, {"Authorization": wrong}):
         for method, path, body in WRITES:
@@ -397,9 +402,8 @@ def test_unknown_paths_and_methods_are_json(
 
 
 def test_an_unexpected_failure_is_a_generic_500_with_the_traceback_logged(
-    client: FlaskClient, guard: GuardImpl, caplog: pytest.LogCaptureFixture
-) -> None:
-    guard.store.close()  # every store call now fails, as with a vanished disk
+    client: FlaskClient, caplog: pytest.LogCaptureFixture, world: World) -> None:
+    world.store.close()  # every store call now fails, as with a vanished disk
     resp = client.get("/api/v1/positions")
     assert assert_error(resp, 500) == INTERNAL_ERROR
     failures = [r for r in caplog.records if r.name == "tradeguard.web" and r.exc_info]
@@ -409,10 +413,9 @@ def test_an_unexpected_failure_is_a_generic_500_with_the_traceback_logged(
 
 
 def test_the_logger_name_is_the_callers(
-    guard: GuardImpl, caplog: pytest.LogCaptureFixture
-) -> None:
+    guard: Guard, caplog: pytest.LogCaptureFixture, world: World) -> None:
     client = create_app(guard, logger_name="tradeguard.actors.api").test_client()
-    guard.store.close()
+    world.store.close()
     assert client.get("/api/v1/positions").status_code == 500
     assert [r.name for r in caplog.records if r.exc_info] == ["tradeguard.actors.api"]
 
@@ -435,7 +438,7 @@ def test_healthz_is_ok_while_every_actor_is_up(client: FlaskClient) -> None:
 
 
 def test_healthz_is_503_naming_the_actors_that_are_down(
-    client: FlaskClient, guard: GuardImpl
+    client: FlaskClient, guard: Guard
 ) -> None:
     guard.inject_fault("FeedActor", "hang")
     resp = client.get("/healthz")
@@ -443,9 +446,9 @@ def test_healthz_is_503_naming_the_actors_that_are_down(
                                                          "down": ["FeedActor"]})
 
 
-def test_metrics_are_prometheus_text(client: FlaskClient, guard: GuardImpl) -> None:
+def test_metrics_are_prometheus_text(client: FlaskClient, world: World) -> None:
     open_position(client)
-    guard.tick("BOSCHLTD", 570.0)
+    world.tick("BOSCHLTD", 570.0)
     assert close(client, {"symbol": "BOSCHLTD", "reason": "stop_loss"}).status_code == 200
     resp = client.get("/metrics")
     assert resp.status_code == 200
@@ -455,12 +458,12 @@ def test_metrics_are_prometheus_text(client: FlaskClient, guard: GuardImpl) -> N
     assert "tradeguard_positions_open 0.0" in text
 
 
-def test_fault_is_accepted_and_reaches_the_actor(client: FlaskClient, guard: GuardImpl) -> None:
+def test_fault_is_accepted_and_reaches_the_actor(client: FlaskClient, world: World) -> None:
     resp = client.post("/api/v1/debug/fault", json={"actor": "CacheActor", "kind": "crash"},
                        headers=AUTH)
     assert resp.status_code == 202
     assert resp.get_json() == {"status": "accepted", "actor": "CacheActor", "kind": "crash"}
-    assert guard.faults == [("CacheActor", "crash")]
+    assert world.actors.faults == [("CacheActor", "crash")]
     actors = client.get("/api/v1/monitoring/connection-health").get_json()["actors"]
     assert actors["CacheActor"]["restarts"] == 1
 
@@ -477,42 +480,55 @@ def test_fault_is_accepted_and_reaches_the_actor(client: FlaskClient, guard: Gua
     ],
 )
 def test_bad_fault_is_400(
-    client: FlaskClient, guard: GuardImpl, body: dict[str, Any], field: str
-) -> None:
+    client: FlaskClient, body: dict[str, Any], field: str, world: World) -> None:
     assert_error(client.post("/api/v1/debug/fault", json=body, headers=AUTH), 400, field)
-    assert guard.faults == []
+    assert world.actors.faults == []
 
 
-def test_fault_endpoint_is_404_when_disabled(client: FlaskClient, guard: GuardImpl) -> None:
+def test_fault_endpoint_is_404_when_disabled(
+    client: FlaskClient, guard: Guard, world: World
+) -> None:
     guard.fault_injection = False
     resp = client.post("/api/v1/debug/fault", json={"actor": "CacheActor", "kind": "crash"},
                        headers=AUTH)
     assert_error(resp, 404, "fault_injection")
-    assert guard.faults == []
+    assert world.actors.faults == []
     # Without the token it is a 401 as for any write: its being off is not told to strangers.
     assert_error(client.post("/api/v1/debug/fault", json={}), 401)
 
 
-def test_connection_health_has_the_spec_shape(client: FlaskClient, guard: GuardImpl) -> None:
+def test_connection_health_has_the_spec_shape(client: FlaskClient, world: World) -> None:
     open_position(client)
-    guard.tick("BOSCHLTD", 570.0, age=45.0)
-    guard.dns_check(False, {"127.0.0.1:5353": ServerHealth(True, 3.5)})
+    world.tick("BOSCHLTD", 570.0, age=45.0)
+    world.dns_check(False, {"127.0.0.1:5353": ServerHealth(True, 3.5)})
     health = client.get("/api/v1/monitoring/connection-health").get_json()
     assert health["websocket"]["connected"] is True
     assert health["dns"]["system_ok"] is False
     assert health["dns"]["servers"]["127.0.0.1:5353"]["latency_ms"] == 3.5
     entry = health["price_cache"]["cache_entries"]["BOSCHLTD"]
     assert entry["price"] == 570.0 and entry["is_stale"] is True
-    assert health["positions"] == {"open": 1, "blind": []}
+    assert health["positions"] == {"open": 1, "blind": [], "stale": []}
 
 
-def test_status_says_how_fresh_each_price_is(client: FlaskClient, guard: GuardImpl) -> None:
+def test_a15_connection_health_says_the_broker_is_paper(client: FlaskClient) -> None:
+    """A15: with the default paper broker, nothing real is closed, and health says so."""
+    broker = client.get("/api/v1/monitoring/connection-health").get_json()["broker"]
+    assert broker["kind"] == "paper" and broker["paper"] is True
+    assert "no order reaches a real broker" in broker["warning"]
+
+
+def test_a15_a_real_broker_carries_no_paper_warning(world: World) -> None:
+    guard = world.guard(world.cfg.replace("broker", kind="http", url="https://b.example"))
+    assert guard.connection_health()["broker"] == {"kind": "http", "paper": False}
+
+
+def test_status_says_how_fresh_each_price_is(client: FlaskClient, world: World) -> None:
     for symbol, entry in (("AAA", 100.0), ("BBB", 200.0), ("CCC", 300.0), ("DDD", 400.0)):
         open_position(client, {**LONG, "symbol": symbol, "entry_price": entry,
                                 "stop_loss": entry * 0.9, "take_profit": entry * 1.1})
-    guard.tick("AAA", 99.0, age=1.0)
-    guard.tick("BBB", 199.0, age=45.0)
-    guard.tick("CCC", 299.0, age=400.0)
+    world.tick("AAA", 99.0, age=1.0)
+    world.tick("BBB", 199.0, age=45.0)
+    world.tick("CCC", 299.0, age=400.0)
     view = client.get("/api/v1/status").get_json()
     rows = {p["symbol"]: p for p in view["positions"]}
     assert {s: rows[s]["freshness"] for s in rows} == {
@@ -532,13 +548,12 @@ def test_openapi_json_is_the_yaml(client: FlaskClient) -> None:
 
 
 def test_status_page_shows_positions_feed_dns_actors_and_alerts(
-    client: FlaskClient, guard: GuardImpl
-) -> None:
+    client: FlaskClient, guard: Guard, world: World) -> None:
     open_position(client)
     open_position(client, SHORT)
-    guard.tick("BOSCHLTD", 570.0, age=2.0)
-    guard.tick("INFY", 1510.0, age=400.0)
-    guard.dns_check(False, {"8.8.8.8": ServerHealth(True, 12.5)})
+    world.tick("BOSCHLTD", 570.0, age=2.0)
+    world.tick("INFY", 1510.0, age=400.0)
+    world.dns_check(False, {"8.8.8.8": ServerHealth(True, 12.5)})
     guard.inject_fault("FeedActor", "hang")
     resp = client.get("/")
     assert resp.status_code == 200 and resp.mimetype == "text/html"
@@ -556,9 +571,9 @@ def test_status_page_shows_positions_feed_dns_actors_and_alerts(
     assert 'src="/static/status.js"' in html and "https://" not in html
 
 
-def test_status_page_shows_closes_and_alerts(client: FlaskClient, guard: GuardImpl) -> None:
+def test_status_page_shows_closes_and_alerts(client: FlaskClient, world: World) -> None:
     open_position(client)
-    guard.tick("BOSCHLTD", 570.0)
+    world.tick("BOSCHLTD", 570.0)
     assert close(client, {"symbol": "BOSCHLTD"}).status_code == 200
     html = client.get("/").get_data(as_text=True)
     assert '<tr data-symbol="BOSCHLTD" data-state="closed"' in html
@@ -566,15 +581,15 @@ def test_status_page_shows_closes_and_alerts(client: FlaskClient, guard: GuardIm
     assert "BOSCHLTD: position closed (emergency)" in html
 
 
-def test_status_page_escapes_what_it_shows(client: FlaskClient, guard: GuardImpl) -> None:
-    guard.feed.update(last_error="<script>alert(1)</script>")
+def test_status_page_escapes_what_it_shows(client: FlaskClient, world: World) -> None:
+    world.feed.update(last_error="<script>alert(1)</script>")
     html = client.get("/").get_data(as_text=True)
     assert "<script>alert(1)" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
 
 
 def test_protected_status_page_shows_nothing_until_the_token_is_given(
-    client: FlaskClient, guard: GuardImpl
+    client: FlaskClient, guard: Guard
 ) -> None:
     open_position(client)
     guard.protect_reads = True
@@ -595,11 +610,179 @@ def test_page_assets_are_served(client: FlaskClient, path: str, mimetype: str) -
     resp.close()
 
 
-def test_a_figure_that_overflowed_is_sent_as_null(client: FlaskClient, guard: GuardImpl) -> None:
+def test_a_figure_that_overflowed_is_sent_as_null(client: FlaskClient, world: World) -> None:
     open_position(client, {**LONG, "quantity": 1e308, "entry_price": 1e308,
                            "stop_loss": 1.0, "take_profit": None})
-    guard.tick("BOSCHLTD", 2.0)
+    world.tick("BOSCHLTD", 2.0)
     resp = client.get("/api/v1/status")
     assert resp.status_code == 200
     strict = json.loads(resp.data, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
     assert strict["positions"][0]["unrealized_pnl"] is None  # -Infinity, which JSON lacks
+
+
+# Findings: levels against the price, release, log injection, Host, wrong tokens ------------
+
+
+def test_a6_a_longs_stop_may_move_above_entry_while_below_the_price(
+    client: FlaskClient, world: World
+) -> None:
+    """A6: a long bought at 575 that runs to 650 locks in profit with a stop at 620."""
+    open_position(client)
+    world.tick("BOSCHLTD", 650.0)
+    resp = client.patch("/api/v1/positions/BOSCHLTD", json={"stop_loss": 620.0,
+                                                            "take_profit": 700.0}, headers=AUTH)
+    assert resp.status_code == 200, resp.get_json()
+    assert positions(client)["BOSCHLTD"]["stop_loss"] == 620.0
+    assert world.actors.changed[-1] == "BOSCHLTD"  # the monitor is told to reload
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [({"stop_loss": 655.0}, "stop_loss: must be below the price (650)"),
+     ({"take_profit": 640.0}, "take_profit: must be above the price (650)")],
+)
+def test_a6_a_level_on_the_wrong_side_of_the_price_is_400(
+    client: FlaskClient, world: World, body: dict[str, Any], field: str
+) -> None:
+    """A6: a level past the market would fire at once; that is a mistake, not a request."""
+    open_position(client)
+    world.tick("BOSCHLTD", 650.0)
+    assert_error(client.patch("/api/v1/positions/BOSCHLTD", json=body, headers=AUTH), 400,
+                 field)
+    assert positions(client)["BOSCHLTD"]["stop_loss"] == 560.0
+
+
+def test_a6_a_short_is_judged_against_the_price_too(client: FlaskClient, world: World) -> None:
+    open_position(client, SHORT)  # short at 1500, stop 1550
+    world.tick("INFY", 1400.0)
+    resp = client.patch("/api/v1/positions/INFY", json={"stop_loss": 1450.0}, headers=AUTH)
+    assert resp.status_code == 200, resp.get_json()
+
+
+def test_a6_without_a_usable_price_levels_are_judged_against_the_entry(
+    client: FlaskClient, world: World
+) -> None:
+    open_position(client)
+    world.tick("BOSCHLTD", 650.0, age=400.0)  # not usable: nothing to judge against but entry
+    assert_error(client.patch("/api/v1/positions/BOSCHLTD", json={"stop_loss": 620.0},
+                              headers=AUTH), 400, "entry_price")
+
+
+def test_release_stops_guarding_without_closing(client: FlaskClient, world: World) -> None:
+    open_position(client)
+    resp = client.post("/api/v1/positions/boschltd/release", headers=AUTH)
+    assert resp.status_code == 200, resp.get_json()
+    assert resp.get_json()["state"] == "released"
+    assert world.broker.orders == []  # nothing was sent
+    assert world.actors.changed[-1] == "BOSCHLTD"
+    assert_error(client.post("/api/v1/positions/BOSCHLTD/release", headers=AUTH), 404)
+    assert_error(client.patch("/api/v1/positions/BOSCHLTD", json={"stop_loss": 1.0},
+                              headers=AUTH), 404)
+    open_position(client)  # the symbol can be guarded again
+
+
+def test_release_while_a_close_is_under_way_is_409(client: FlaskClient, world: World) -> None:
+    open_position(client)
+    world.store.claim_close("BOSCHLTD", "stop_loss")
+    assert_error(client.post("/api/v1/positions/BOSCHLTD/release", headers=AUTH), 409)
+
+
+def test_release_needs_the_token(client: FlaskClient) -> None:
+    open_position(client)
+    assert_error(client.post("/api/v1/positions/BOSCHLTD/release"), 401)
+    assert positions(client)["BOSCHLTD"]["state"] == "open"
+
+
+def test_d1_a_client_cannot_forge_a_log_line(
+    client: FlaskClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """D1: a percent-encoded newline in the path is logged escaped, on the same line."""
+    caplog.set_level(logging.INFO, logger="tradeguard.web")
+    forged = "2026-01-01 CRITICAL [CLOSE] FAKE closed"
+    client.patch(f"/api/v1/positions/X%0A{forged.replace(' ', '%20')}", json={})
+    client.get("/nowhere%0D%0A%E2%80%A8" + forged.replace(" ", "%20"))
+    lines = [r.getMessage() for r in caplog.records if r.name == "tradeguard.web"]
+    assert len(lines) == 2
+    for line in lines:
+        assert "\n" not in line and "\r" not in line and "\u2028" not in line
+        assert forged in line  # still there to read, escaped
+    assert "X\\x0a2026-01-01" in lines[0]
+
+
+@pytest.mark.parametrize("host", ["localhost", "localhost:8080", "127.0.0.1:8080",
+                                  "[::1]:8080", "127.0.0.5", "app.localhost", "LOCALHOST."])
+def test_d2_loopback_host_names_are_answered(client: FlaskClient, host: str) -> None:
+    assert client.get("/api/v1/positions", headers={"Host": host}).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/api/v1/positions", "/api/v1/status", "/healthz", "/"])
+def test_d2_a_rebound_host_name_is_refused(client: FlaskClient, path: str) -> None:
+    """D2: a page that rebinds evil.example to 127.0.0.1 sends Host: evil.example."""
+    resp = client.get(path, headers={"Host": "evil.example:8080"})
+    assert_error(resp, 421, "host")
+
+
+def test_d2_the_configured_api_host_is_answered(world: World) -> None:
+    guard = world.guard(world.cfg.replace("api", host="10.1.2.3"))
+    client = create_app(guard).test_client()
+    assert client.get("/healthz", headers={"Host": "10.1.2.3:8080"}).status_code == 200
+    assert client.get("/healthz", headers={"Host": "evil.example"}).status_code == 421
+    anywhere = create_app(world.guard(world.cfg.replace("api", host="0.0.0.0")))
+    assert anywhere.test_client().get("/healthz", headers={"Host": "tg.lan"}).status_code == 200
+
+
+REMOTE = {"REMOTE_ADDR": "203.0.113.9"}
+
+
+def test_d6_repeated_wrong_tokens_from_one_client_are_429(
+    client: FlaskClient, world: World
+) -> None:
+    """D6: after ten wrong tokens in a minute a remote client is told to wait, token or not."""
+    open_position(client)
+    wrong = {"Authorization": "Bearer not-the-token-at-all"}
+    for _ in range(10):
+        assert close_as(client, wrong, REMOTE).status_code == 401
+    assert_error(close_as(client, wrong, REMOTE), 429, "too many")
+    locked = close_as(client, AUTH, REMOTE)
+    assert locked.status_code == 429 and int(locked.headers["Retry-After"]) > 0
+    assert world.broker.orders == []
+    other = close_as(client, AUTH, {"REMOTE_ADDR": "203.0.113.10"})  # another client
+    assert other.status_code != 429
+
+
+def test_d6_loopback_clients_are_never_locked_out(client: FlaskClient) -> None:
+    """A local process must not be able to lock the operator out of emergency close."""
+    wrong = {"Authorization": "Bearer not-the-token-at-all"}
+    for _ in range(30):
+        assert close_as(client, wrong, {}).status_code == 401
+
+
+def test_d6_the_lockout_ends_with_its_window() -> None:
+    now = [0.0]
+    limit = FailureLimit(allowed=2, window=60.0, clock=lambda: now[0])
+    limit.failed("a")
+    limit.failed("a")
+    assert limit.blocked_for("a") == 60.0
+    now[0] = 59.0
+    assert limit.blocked_for("a") == 1.0
+    now[0] = 60.0
+    assert limit.blocked_for("a") == 0.0
+    limit.failed("a")  # a new window: one failure, not three
+    assert limit.blocked_for("a") == 0.0
+
+
+def close_as(client: FlaskClient, headers: dict[str, str], environ: dict[str, str]) -> Any:
+    return client.post("/api/v1/monitoring/emergency-close-position", json={"symbol": "BOSCHLTD"},
+                       headers=headers, environ_base=environ)
+
+
+def test_c5_a_close_beyond_the_slots_is_503_at_once(guard: Guard, world: World) -> None:
+    """C5: with every close slot taken, another close is refused, not queued on a thread."""
+    client = create_app(guard, close_slots=0).test_client()
+    open_position(client)
+    world.tick("BOSCHLTD", 570.0)
+    resp = client.post("/api/v1/monitoring/emergency-close-position",
+                       json={"symbol": "BOSCHLTD"}, headers=AUTH)
+    assert_error(resp, 503, "under way")
+    assert resp.headers["Retry-After"] == "1"
+    assert positions(client)["BOSCHLTD"]["state"] == "open"

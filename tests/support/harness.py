@@ -21,7 +21,6 @@ import trustme
 
 from actors.system import System
 from tests.support.net import call_json
-from tests.support.waiting import wait_until
 from tradeguard.brokers import Broker
 from tradeguard.config import Config, config_from_mapping
 from tradeguard.sim.dns_server import DnsServer
@@ -90,7 +89,7 @@ class Harness:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.system.services.api_port}"
+        return f"http://127.0.0.1:{self.system.api_port}"
 
     def call(self, method: str, path: str, body: Any = None,
              token: str | None = API_TOKEN) -> tuple[int, Any]:
@@ -143,8 +142,7 @@ def running(tmp_path: Path, *, telegram: bool = False, broker: Broker | None = N
             system = System(cfg, system_lookup=lookup, broker=broker, api_port=0)
             system.start()
             try:
-                wait_until(lambda: system.supervisor.all_up() and system.services.api_port, 10,
-                           message="the system did not come up")
+                assert system.wait_started(10), "the system did not come up"
                 yield Harness(cfg, system, exchange, dns, tg, lookup)
             finally:
                 lookup.release.set()

@@ -362,7 +362,7 @@ def _run(store_dir: Path, quotes: LogQuotes, keep_running: bool) -> int:
             stack.callback(_uninterrupted, system.stop)
             system.start()
             _wait_up(system)
-            guard = GuardClient(f"http://127.0.0.1:{system.services.api_port}",
+            guard = GuardClient(f"http://127.0.0.1:{system.api_port}",
                                 system.api_token)
             narrator = Narrator(guard, quotes, once=QUOTED_ONCE, started=started)
             Story(system, market, guard, narrator).tell()
@@ -385,11 +385,8 @@ def _report_failure(exc: TradeGuardError, log: Path) -> None:
 
 
 def _wait_up(system: System) -> None:
-    deadline = time.monotonic() + WAIT
-    while not (system.supervisor.all_up() and system.services.api_port):
-        if time.monotonic() > deadline:
-            raise TradeGuardError(f"TradeGuard did not start: {system.supervisor.status()}")
-        time.sleep(0.05)
+    if not system.wait_started(WAIT):
+        raise TradeGuardError(f"TradeGuard did not start: {system.supervisor.status()}")
 
 
 def _serve(narrator: Narrator, store_dir: Path) -> None:

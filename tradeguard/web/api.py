@@ -1,21 +1,37 @@
 """The JSON API under /api/v1 (SPEC §6), described by docs/openapi.yaml.
 
-Views only translate: they check the token, parse and shape the body, call
-the running system through `GuardApi`, and return its answer. Validation of
-positions lives in `tradeguard.positions`, where the system uses it too.
+Views only translate: they check the token, parse and check the body once,
+call the running system through `GuardApi` with typed arguments, and return
+its answer. What needs the store or a price (a 404, a level on the wrong side
+of the market) is judged by the Guard.
+
+An emergency close can take tens of seconds against a broker that times out,
+and it holds a waitress thread all that time. At most `close_slots` closes run
+at once; one more is refused with a 503 at once rather than queued, so the
+remaining threads keep answering /healthz, /metrics and the status page
+(finding C5).
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from importlib import resources
 from typing import Any
 
 import yaml
 from flask import Blueprint, Response, jsonify, request
 
-from tradeguard.positions import close_from_request
-from tradeguard.web.auth import require_token
+from tradeguard.guard import KEEP, Keep, LevelChange
+from tradeguard.positions import (
+    Position,
+    Reason,
+    close_from_request,
+    position_from_request,
+    validate_symbol,
+)
+from tradeguard.prices import valid_price
+from tradeguard.web.auth import Gate
 from tradeguard.web.errors import ApiError
 from tradeguard.web.ports import GuardApi
 
@@ -55,11 +71,34 @@ def only_fields(body: dict[str, Any], allowed: tuple[str, ...]) -> None:
         raise ApiError(f"unknown field(s): {', '.join(unknown)}")
 
 
-def close_request(body: dict[str, Any]) -> dict[str, Any]:
+def close_request(body: dict[str, Any]) -> tuple[str, Reason]:
     """A checked emergency-close body, so the system is only asked sensible things."""
     only_fields(body, ("symbol", "reason"))
-    symbol, reason = close_from_request(body)
-    return {"symbol": symbol, "reason": reason}
+    return close_from_request(body)
+
+
+def open_request(body: dict[str, Any]) -> Position:
+    """A checked open-position body; the Guard stamps the times when it opens it."""
+    return position_from_request(body, 0.0)
+
+
+def _level(body: dict[str, Any], key: str) -> float | Keep | None:
+    if key not in body:
+        return KEEP
+    value = body[key]
+    if value is None:
+        return None
+    if not valid_price(value):
+        raise ApiError(f"{key}: must be a number above 0 or null")
+    return float(value)
+
+
+def levels_request(body: dict[str, Any]) -> LevelChange:
+    """A checked PATCH body: which levels move, and to what."""
+    if not body:
+        raise ApiError("body: must be a JSON object with stop_loss and/or take_profit")
+    only_fields(body, ("stop_loss", "take_profit"))
+    return LevelChange(_level(body, "stop_loss"), _level(body, "take_profit"))
 
 
 def fault_request(body: dict[str, Any]) -> tuple[str, str]:
@@ -72,12 +111,32 @@ def fault_request(body: dict[str, Any]) -> tuple[str, str]:
     return actor, kind
 
 
-def api_blueprint(api: GuardApi, openapi: dict[str, Any]) -> Blueprint:
+class CloseSlots:
+    """At most `slots` emergency closes at once; one more is a 503 at once, not a wait."""
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self._semaphore = threading.BoundedSemaphore(slots)
+
+    def close(self, api: GuardApi, symbol: str, reason: Reason) -> dict[str, Any]:
+        if not self._semaphore.acquire(blocking=False):
+            raise ApiError(f"{self.slots} emergency closes are already under way; "
+                           "retry in a moment", 503, {"Retry-After": "1"})
+        try:
+            return api.emergency_close(symbol, reason)
+        finally:
+            self._semaphore.release()
+
+
+def api_blueprint(
+    api: GuardApi, openapi: dict[str, Any], gate: Gate, close_slots: int
+) -> Blueprint:
     bp = Blueprint("api", __name__, url_prefix="/api/v1")
+    closes = CloseSlots(close_slots)
 
     @bp.before_request
     def authenticate() -> None:
-        require_token(api.api_token, protect_reads=api.protect_reads)
+        gate.require_token(api.api_token, protect_reads=api.protect_reads)
 
     @bp.get("/monitoring/connection-health")
     def connection_health() -> Response:
@@ -85,7 +144,7 @@ def api_blueprint(api: GuardApi, openapi: dict[str, Any]) -> Blueprint:
 
     @bp.post("/monitoring/emergency-close-position")
     def emergency_close() -> Response:
-        return jsonify(api.emergency_close(close_request(json_body())))
+        return jsonify(closes.close(api, *close_request(json_body())))
 
     @bp.get("/positions")
     def list_positions() -> Response:
@@ -93,11 +152,16 @@ def api_blueprint(api: GuardApi, openapi: dict[str, Any]) -> Blueprint:
 
     @bp.post("/positions")
     def open_position() -> tuple[Response, int]:
-        return jsonify(api.open_position(json_body())), 201
+        return jsonify(api.open_position(open_request(json_body()))), 201
 
     @bp.patch("/positions/<symbol>")
     def patch_position(symbol: str) -> Response:
-        return jsonify(api.patch_position(symbol, json_body()))
+        symbol = validate_symbol(symbol)
+        return jsonify(api.patch_position(symbol, levels_request(json_body())))
+
+    @bp.post("/positions/<symbol>/release")
+    def release_position(symbol: str) -> Response:
+        return jsonify(api.release_position(validate_symbol(symbol)))
 
     @bp.get("/status")
     def status() -> Response:

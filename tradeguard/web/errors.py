@@ -18,6 +18,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from tradeguard.errors import PositionError, TradeGuardError
+from tradeguard.logs import printable
 
 INTERNAL_ERROR = "internal error; the details are in the TradeGuard log"
 CLIENT_ERRORS_PER_MINUTE = 20
@@ -79,8 +80,10 @@ def register(app: Flask, logger: logging.Logger) -> None:
         held = budget.take()
         if held is not None:
             # request.path only: a query string is the client's and may hold anything.
-            logger.info("[API] %d %s %s from %s: %s%s", code, request.method, request.path,
-                        request.remote_addr, message,
+            # The path is percent-decoded and the message may quote the client:
+            # escaped, so neither can start a forged log line (finding D1).
+            logger.info("[API] %d %s %s from %s: %s%s", code, printable(request.method),
+                        printable(request.path), request.remote_addr, printable(message),
                         f" ({held} similar lines held back)" if held else "")
         return error_response(message, code, headers)
 
@@ -100,5 +103,6 @@ def register(app: Flask, logger: logging.Logger) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
-        logger.exception("[API] %s %s failed", request.method, request.path)
+        logger.exception("[API] %s %s failed", printable(request.method),
+                         printable(request.path))
         return error_response(INTERNAL_ERROR, 500)

@@ -28,10 +28,10 @@ from waitress.server import BaseWSGIServer, create_server
 from waitress.task import ErrorTask, ThreadedTaskDispatcher
 from waitress.wasyncore import close_all
 
-from tradeguard.web.app import MAX_BODY_BYTES
+from tradeguard.web.app import CLOSE_SLOTS, MAX_BODY_BYTES
 
 WIRE_BODY_LIMIT = 2 * MAX_BODY_BYTES
-THREADS = 4
+THREADS = CLOSE_SLOTS + 2  # two that no emergency close can take (finding C5)
 
 
 class JsonErrorTask(ErrorTask):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import secrets
 import threading
-import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -82,11 +81,8 @@ class World:
         self.telegram.start()
         self._system = System(self.config(), system_lookup=self.resolver, api_port=0)
         self._system.start()
-        deadline = time.monotonic() + START_WAIT
-        while not (self.system.supervisor.all_up() and self.system.services.api_port):
-            if time.monotonic() > deadline:
-                raise TradeGuardError("TradeGuard did not come up")
-            time.sleep(0.05)
+        if not self.system.wait_started(START_WAIT):
+            raise TradeGuardError("TradeGuard did not come up")
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -131,7 +127,7 @@ class World:
 
     def guard(self, timeout: float = 5.0) -> GuardClient:
         """The HTTP API as an operator reaches it (the port can change with a restart)."""
-        return GuardClient(f"http://127.0.0.1:{self.system.services.api_port}",
+        return GuardClient(f"http://127.0.0.1:{self.system.api_port}",
                            self.api_token, timeout)
 
     # The fallback DNS server going away and coming back ---------------------
