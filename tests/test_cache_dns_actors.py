@@ -30,15 +30,18 @@ def test_prices_survive_a_process_restart_with_honest_ages(tmp_path: Path) -> No
         wait_until(lambda: [t.price for t in h.system.services.store.load_prices()] == [101.25],
                    5)
         cfg = h.cfg
-    time.sleep(0.3)  # the price must age while nothing runs
+    # The ages themselves, across a restart and a wall-clock step, are checked on
+    # stepped clocks in test_prices.py; here: the real actors carry the price over.
     system = System(cfg, system_lookup=SwitchableLookup(), api_port=0)
     system.start()
     try:
         wait_until(system.supervisor.all_up, 10)
-        quote = system.services.cache.quote("AAA", time.time())
+        now = time.monotonic()
+        quote = system.services.cache.quote("AAA", now)
         assert quote is not None and quote.price == 101.25
-        assert quote.received_at == pytest.approx(received.received_at)
-        assert quote.age >= 0.3
+        # As old as the time since it was received, give or take the wall <->
+        # monotonic conversion on save and load.
+        assert quote.age == pytest.approx(now - received.received_at, abs=0.05)
     finally:
         system.stop()
 
@@ -49,8 +52,7 @@ def test_stale_line_once_per_crossing(tmp_path: Path, caplog: pytest.LogCaptureF
         wait_until(lambda: h.system.services.feed_status.connected, 10)
         h.exchange.send_tick("ZZZ", 10.0)
         wait_until(lambda: "[CACHE] Price for ZZZ is stale" in caplog.text, 5)
-        time.sleep(1.2)  # several more persist/stale checks pass while it stays stale
-        assert caplog.text.count("[CACHE] Price for ZZZ is stale") == 1
+        # Once per crossing however often it looks: test_prices.py, on a stepped clock.
         h.exchange.send_tick("ZZZ", 10.5)  # fresh again, then stale again: a second line
         wait_until(lambda: caplog.text.count("[CACHE] Price for ZZZ is stale") == 2, 5)
 

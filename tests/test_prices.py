@@ -6,9 +6,25 @@ import threading
 
 import pytest
 
-from tradeguard.prices import Freshness, PriceCache, Tick, classify, valid_price
+from tradeguard.prices import (
+    Freshness,
+    PriceCache,
+    StaleTracker,
+    Tick,
+    classify,
+    from_wall,
+    to_wall,
+    valid_price,
+)
 
-T0 = 1_767_779_056.0  # a wall-clock receive time
+T0 = 86_400.0  # a monotonic receive time: a day after boot
+WALL = 1_767_779_056.0
+
+
+def price(cache: PriceCache, symbol: str, now: float) -> float | None:
+    """The price if it may still be used (the seed's get_cached_price), else None."""
+    quote = cache.quote(symbol, now)
+    return quote.price if quote is not None and quote.usable else None
 
 
 @pytest.fixture
@@ -41,7 +57,7 @@ def test_a_tick_without_a_symbol_is_refused(cache: PriceCache) -> None:
 def test_a_bad_tick_does_not_replace_a_good_price(cache: PriceCache) -> None:
     cache.put(Tick("BOSCHLTD", 575.0, T0))
     assert cache.put(Tick("BOSCHLTD", float("nan"), T0 + 1)) is False
-    assert cache.get_cached_price("BOSCHLTD", T0 + 1) == 575.0
+    assert price(cache, "BOSCHLTD", T0 + 1) == 575.0
 
 
 def test_age_is_measured_from_the_receive_time_not_the_exchange_time(cache: PriceCache) -> None:
@@ -53,12 +69,37 @@ def test_age_is_measured_from_the_receive_time_not_the_exchange_time(cache: Pric
     assert quote.freshness is Freshness.FRESH
 
 
-def test_a_receive_time_in_the_future_counts_as_age_zero(cache: PriceCache) -> None:
+def test_A4_an_age_is_never_clamped_to_hide_a_quote_from_the_future(cache: PriceCache) -> None:
+    """A4: the old cache showed a quote stamped ahead of `now` as age 0, fresh for ever."""
     cache.put(Tick("BOSCHLTD", 575.0, T0 + 5.0))
     quote = cache.quote("BOSCHLTD", T0)
     assert quote is not None
-    assert quote.age == 0.0
-    assert quote.freshness is Freshness.FRESH
+    assert quote.age == -5.0
+
+
+def test_A4_a_snapshot_keeps_each_price_age_across_a_restart() -> None:
+    """A4: stored in wall time, back on the new process's monotonic clock with the same age."""
+    ticks = [Tick("A", 1.0, T0 - 12.5), Tick("B", 2.0, T0)]
+    stored = to_wall(ticks, mono_now=T0, wall_now=WALL)
+    assert [t.received_at for t in stored] == [WALL - 12.5, WALL]
+    # The next process: its monotonic clock starts near 0; 60 s of wall time have passed.
+    back = from_wall(stored, mono_now=3.0, wall_now=WALL + 60.0)
+    assert [round(3.0 - t.received_at, 6) for t in back] == [72.5, 60.0]
+    assert [(t.symbol, t.price) for t in back] == [("A", 1.0), ("B", 2.0)]
+
+
+def test_A4_a_wall_clock_stepped_back_across_a_restart_gives_age_zero_not_less() -> None:
+    """A4: the snapshot cannot prove a price younger than 0 s; it is not made "future"."""
+    stored = to_wall([Tick("A", 1.0, T0)], mono_now=T0, wall_now=WALL)
+    back = from_wall(stored, mono_now=3.0, wall_now=WALL - 300.0)
+    assert back[0].received_at == 3.0
+
+
+def test_A4_the_cache_takes_every_new_tick_whatever_the_wall_clock_did(cache: PriceCache) -> None:
+    """A4: the old cache refused every tick stamped (wall clock) before the one it held."""
+    cache.put(Tick("BOSCHLTD", 575.0, T0))
+    assert cache.put(Tick("BOSCHLTD", 560.0, T0 + 0.001))  # monotonic: always later
+    assert price(cache, "BOSCHLTD", T0 + 1) == 560.0
 
 
 @pytest.mark.parametrize(
@@ -81,27 +122,25 @@ def test_freshness_boundaries(cache: PriceCache, age: float, freshness: Freshnes
     assert quote.freshness is freshness
     assert quote.usable is (freshness is not Freshness.UNUSABLE)
     expected_price = None if freshness is Freshness.UNUSABLE else 575.0
-    assert cache.get_cached_price("BOSCHLTD", T0 + age) == expected_price
-    assert cache.get_price_freshness("BOSCHLTD", T0 + age) == pytest.approx(age)
+    assert price(cache, "BOSCHLTD", T0 + age) == expected_price
+    assert quote.age == pytest.approx(age)
 
 
-def test_an_unknown_symbol_has_no_price_and_no_age(cache: PriceCache) -> None:
+def test_an_unknown_symbol_has_no_quote(cache: PriceCache) -> None:
     assert cache.quote("NOPE", T0) is None
-    assert cache.get_cached_price("NOPE", T0) is None
-    assert cache.get_price_freshness("NOPE", T0) is None
 
 
 def test_an_unusable_price_still_reports_its_age(cache: PriceCache) -> None:
     cache.put(Tick("BOSCHLTD", 575.0, T0))
-    assert cache.get_cached_price("BOSCHLTD", T0 + 301) is None
-    assert cache.get_price_freshness("BOSCHLTD", T0 + 301) == 301.0
+    quote = cache.quote("BOSCHLTD", T0 + 301)
+    assert quote is not None and not quote.usable and quote.age == 301.0
 
 
 def test_thresholds_come_from_the_constructor() -> None:
     cache = PriceCache(stale_after=1.0, unusable_after=2.0)
     cache.put(Tick("X", 1.0, T0))
     assert cache.quote("X", T0 + 1.5).freshness is Freshness.STALE  # type: ignore[union-attr]
-    assert cache.get_cached_price("X", T0 + 2.5) is None
+    assert price(cache, "X", T0 + 2.5) is None
 
 
 def test_the_defaults_are_the_seed_thresholds() -> None:
@@ -111,11 +150,11 @@ def test_the_defaults_are_the_seed_thresholds() -> None:
 
 def test_an_older_tick_does_not_overwrite_a_newer_one(cache: PriceCache) -> None:
     assert cache.put(Tick("BOSCHLTD", 575.0, T0 + 10))
-    assert cache.put(Tick("BOSCHLTD", 500.0, T0)) is False
-    assert cache.get_cached_price("BOSCHLTD", T0 + 10) == 575.0
+    assert cache.put(Tick("BOSCHLTD", 500.0, T0)) is False  # reordered: refused
+    assert price(cache, "BOSCHLTD", T0 + 10) == 575.0
     assert cache.put(Tick("BOSCHLTD", 580.0, T0 + 10))  # same receive time: the later call wins
     assert cache.put(Tick("BOSCHLTD", 590.0, T0 + 11))
-    assert cache.get_cached_price("BOSCHLTD", T0 + 11) == 590.0
+    assert price(cache, "BOSCHLTD", T0 + 11) == 590.0
 
 
 def test_put_many_counts_what_it_accepted(cache: PriceCache) -> None:
@@ -151,3 +190,41 @@ def test_concurrent_writers_keep_the_newest_tick(cache: PriceCache) -> None:
     quote = cache.quote("BOSCHLTD", T0 + 2000)
     assert quote is not None
     assert (quote.price, quote.received_at) == (2099.0, T0 + 1999)
+
+
+def test_C14_unusable_prices_of_symbols_nobody_holds_are_forgotten(cache: PriceCache) -> None:
+    """C14: the cache held every symbol the feed ever sent, for ever."""
+    cache.put_many([Tick("HELD", 1.0, T0), Tick("CHATTY", 2.0, T0), Tick("NEW", 3.0, T0 + 299)])
+    assert cache.forget({"HELD"}, T0 + 300.5) == ["CHATTY"]
+    assert sorted(t.symbol for t in cache.ticks()) == ["HELD", "NEW"]
+
+
+def test_C14_a_flood_of_symbols_is_bounded_and_spares_what_is_kept() -> None:
+    """C14: past max_symbols, the longest-silent tenth not kept makes room."""
+    cache = PriceCache(max_symbols=100)
+    cache.put(Tick("HELD", 1.0, 0.0))
+    cache.forget({"HELD"}, 0.0)
+    cache.put_many(Tick(f"S{i}", 1.0, float(i + 1)) for i in range(1000))
+    assert len(cache) <= 100
+    assert cache.quote("HELD", 1000.0) is not None
+    assert cache.quote("S999", 1000.0) is not None
+
+
+def test_the_stale_line_comes_once_per_crossing() -> None:
+    """The "[CACHE] Price for SYM is stale" rule, on a stepped clock (no sleeps)."""
+    cache, tracker = PriceCache(stale_after=0.3, unusable_after=60.0), StaleTracker()
+    cache.put(Tick("ZZZ", 10.0, T0))
+    assert tracker.crossed(cache.snapshot(T0 + 0.2)) == []
+    assert tracker.crossed(cache.snapshot(T0 + 0.4)) == ["ZZZ"]
+    for step in range(1, 20):  # many more looks while it stays stale: nothing new
+        assert tracker.crossed(cache.snapshot(T0 + 0.4 + step)) == []
+    cache.put(Tick("ZZZ", 10.5, T0 + 30.0))
+    tracker.fresh("ZZZ")  # a tick, and stale again before the next look: a second crossing
+    assert tracker.crossed(cache.snapshot(T0 + 31.0)) == ["ZZZ"]
+
+
+def test_prices_already_stale_at_start_are_not_news() -> None:
+    cache = PriceCache(stale_after=0.3, unusable_after=60.0)
+    cache.put(Tick("OLD", 1.0, T0))
+    tracker = StaleTracker(cache.snapshot(T0 + 5))
+    assert tracker.crossed(cache.snapshot(T0 + 6)) == []
