@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -9,13 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tradeguard.errors import PositionError
+from tradeguard.monitoring import Memory, Monitor, Settings
 from tradeguard.positions import (
     Position,
     Side,
     State,
     close_from_request,
     distance_pct,
-    first_trigger,
     levels_from_request,
     pnl,
     position_from_request,
@@ -31,6 +32,18 @@ SHORT = Position("BOSCHLTD", Side.SHORT, 10, 575.0, stop_loss=600.0, take_profit
 
 def ticks(*prices: float, symbol: str = "BOSCHLTD") -> list[Tick]:
     return [Tick(symbol, p, 1000.0 + i) for i, p in enumerate(prices)]
+
+
+def first_trigger(position: Position, *batches: list[Tick]) -> tuple[str, Tick] | None:
+    """What the production stop engine closes for these batches, given in order."""
+    monitor = Monitor(Settings(stale_after=30.0), Memory(started=0.0), clock=lambda: 1000.0)
+    monitor.set_positions([position])
+    requests = [r for batch in batches for r in monitor.on_ticks(batch)]
+    assert len(requests) <= 1  # one close per position, however many ticks breach
+    if not requests:
+        return None
+    assert requests[0].symbol == position.symbol and requests[0].hint is not None
+    return requests[0].reason, requests[0].hint
 
 
 # Single prices --------------------------------------------------------------------
@@ -93,6 +106,11 @@ def test_ticks_of_other_symbols_are_ignored() -> None:
     assert first_trigger(LONG, []) is None
 
 
+def test_later_batches_after_a_breach_close_nothing_more() -> None:
+    assert first_trigger(LONG, ticks(575.0), ticks(559.0), ticks(450.0, 601.0)) == (
+        "stop_loss", ticks(559.0)[0])
+
+
 @st.composite
 def positions(draw: st.DrawFn) -> Position:
     side = draw(st.sampled_from(Side))
@@ -120,15 +138,19 @@ def crossing(position: Position, price: float) -> str | None:
 @given(
     position=positions(),
     moves=st.lists(st.tuples(st.booleans(), st.floats(0.5, 2500.0)), max_size=40),
+    cuts=st.sets(st.integers(0, 40), max_size=5),
 )
-def test_first_trigger_fires_exactly_at_the_first_crossing_tick(
-    position: Position, moves: list[tuple[bool, float]]
+def test_the_monitor_closes_exactly_at_the_first_crossing_tick(
+    position: Position, moves: list[tuple[bool, float]], cuts: set[int]
 ) -> None:
+    """The engine production runs (tradeguard.monitoring), over the batches the feed cut."""
     batch = [Tick("SYM" if own else "OTHER", price, float(i))
              for i, (own, price) in enumerate(moves)]
     crossings = [(crossing(position, t.price), t) for t in batch
                  if t.symbol == "SYM" and crossing(position, t.price)]
-    result = first_trigger(position, batch)
+    edges = [0, *sorted(min(cut, len(batch)) for cut in cuts), len(batch)]
+    batches = [batch[a:b] for a, b in itertools.pairwise(edges)]
+    result = first_trigger(position, *batches)
     if not crossings:
         assert result is None
     else:
@@ -329,7 +351,8 @@ def test_safe_band_is_exactly_where_no_level_fires(
 def test_close_request_defaults_to_emergency_and_refuses_other_reasons() -> None:
     assert close_from_request({"symbol": "boschltd"}) == ("BOSCHLTD", "emergency")
     assert close_from_request({"symbol": "X", "reason": "take_profit"}) == ("X", "take_profit")
-    for body in ([], {"symbol": "X", "reason": "blind"}, {"reason": "emergency"}):
+    bodies: list[Any] = [[], {"symbol": "X", "reason": "blind"}, {"reason": "emergency"}]
+    for body in bodies:
         with pytest.raises(PositionError) as err:
             close_from_request(body)
         assert err.value.code == 400

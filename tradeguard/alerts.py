@@ -139,6 +139,31 @@ def price_stale(symbol: str, price: float, age: float, currency: str = "₹") ->
     )
 
 
+PriceSeen = tuple[str, float | None, float | None]  # symbol, last price, its age (None: none)
+MAX_LISTED = 25  # symbols named in one folded alert; a phone screen, not a report
+
+
+def _seen(seen: PriceSeen, currency: str) -> str:
+    symbol, price, age = seen
+    if price is None or age is None:
+        return f"{symbol} (no price at all)"
+    return f"{symbol} ({money(price, currency)}, {duration(age)} old)"
+
+
+def _listed(items: list[str]) -> str:
+    shown = ", ".join(items[:MAX_LISTED])
+    more = len(items) - MAX_LISTED
+    return shown + (f" and {more} more." if more > 0 else ".")
+
+
+def _blind_action(policy: str, many: bool) -> tuple[str, str]:
+    if policy == "close":
+        return ("TradeGuard is closing " + ("them" if many else "it")
+                + " at market (blind_policy = close).", "You can: check the close at your broker.")
+    their = "their" if many else "its"
+    return f"TradeGuard cannot check {their} stop-loss or take-profit.", CLOSE_BY_HAND
+
+
 def position_blind(
     symbol: str,
     last_price: float | None,
@@ -150,15 +175,41 @@ def position_blind(
         seen = "No price received for it at all."
     else:
         seen = f"Last price {money(last_price, currency)}, {duration(age)} old: too old to use."
-    if policy == "close":
-        action = "TradeGuard is closing it at market (blind_policy = close)."
-        advice = "You can: check the close at your broker."
-    else:
-        action = "TradeGuard cannot check its stop-loss or take-profit."
-        advice = CLOSE_BY_HAND
+    action, advice = _blind_action(policy, many=False)
     return _alert(
         "position_blind", Severity.CRITICAL,
         f"{symbol}: position BLIND, no usable price", seen, action, advice,
+    )
+
+
+def positions_blind(seen: list[PriceSeen], policy: str, currency: str = "₹") -> Alert:
+    """Positions that went blind in one sweep (a feed outage blinds them all at once)."""
+    if len(seen) == 1:
+        return position_blind(*seen[0], policy, currency)
+    action, advice = _blind_action(policy, many=True)
+    return _alert(
+        "position_blind", Severity.CRITICAL,
+        f"{len(seen)} positions BLIND, no usable price",
+        "Last prices, too old to use: " + _listed([_seen(s, currency) for s in seen]),
+        action, advice,
+    )
+
+
+def still_blind(symbols: list[str], policy: str) -> Alert:
+    """The reminder while positions stay blind: one for all of them, once per interval.
+
+    No ages in it: the same blind positions give the same text, so reminders
+    that pile up while Telegram is slow fold into one message instead of
+    crowding out every other alert (SPEC §4 "Alerts").
+    """
+    many = len(symbols) > 1
+    action, advice = _blind_action(policy, many=many)
+    subject = f"{len(symbols)} positions" if many else symbols[0] + ": position"
+    return _alert(
+        "position_blind", Severity.CRITICAL,
+        f"{subject} still BLIND, no usable price",
+        "" if not many else "Still blind: " + _listed(symbols),
+        action, advice,
     )
 
 
@@ -169,6 +220,22 @@ def position_priced_again(
         "position_priced", Severity.INFO,
         f"{symbol}: priced again",
         f"Live price {money(price, currency)} after {duration(blind_seconds)} blind.",
+        "Stops are checked on every tick again; nothing to do.",
+    )
+
+
+def positions_priced_again(
+    priced: list[tuple[str, float, float]], currency: str = "₹"
+) -> Alert:
+    """Blind positions priced again in one sweep (the feed is back): one alert."""
+    if len(priced) == 1:
+        return position_priced_again(*priced[0], currency)
+    longest = max(seconds for _, _, seconds in priced)
+    return _alert(
+        "position_priced", Severity.INFO,
+        f"{len(priced)} positions priced again",
+        _listed([f"{s} {money(p, currency)}" for s, p, _ in priced]),
+        f"They were blind for up to {duration(longest)}.",
         "Stops are checked on every tick again; nothing to do.",
     )
 

@@ -1,21 +1,21 @@
 """Positions, their validation, the stop rules and P&L.
 
 Long: stop-loss when price <= stop_loss, take-profit when price >= take_profit.
-Short is the mirror. Rules are evaluated over a *batch* of prices in arrival
-order and the first crossing wins, so a single breaching tick inside a burst
-or a batched frame is never lost, even if the next tick is back inside.
+Short is the mirror. `tradeguard.monitoring` applies the rule to every tick
+of a batch in arrival order, so the first crossing wins and a single breaching
+tick inside a burst is never lost, even if the next tick is back inside.
 """
 
 from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from tradeguard.errors import PositionError
-from tradeguard.prices import Tick, valid_price
+from tradeguard.prices import valid_price
 
 
 class Side(enum.StrEnum):
@@ -131,14 +131,6 @@ def safe_band(position: Position) -> tuple[float, float]:
     low, high = ((position.stop_loss, position.take_profit) if position.side is Side.LONG
                  else (position.take_profit, position.stop_loss))
     return (-math.inf if low is None else low, math.inf if high is None else high)
-
-
-def first_trigger(position: Position, ticks: Iterable[Tick]) -> tuple[Reason, Tick] | None:
-    """The first tick of a batch (in order) that crosses a level, with its reason."""
-    for tick in ticks:
-        if tick.symbol == position.symbol and (reason := trigger(position, tick.price)):
-            return reason, tick
-    return None
 
 
 def pnl(position: Position, exit_price: float) -> float:

@@ -1,0 +1,374 @@
+"""The stop engine: what the monitor decides on every tick batch and every sweep.
+
+Pure: no threads, no I/O, a monotonic clock passed in (SPEC §4 "Clocks": a
+wall-clock step changes no decision). MonitorActor owns one `Monitor` per
+incarnation, feeds it ticks, sweeps and close outcomes, and carries out what it
+returns: close requests for its workers, alerts for the sink.
+
+The rules, and why:
+- Ticks are checked one by one in arrival order, so one breaching tick in a
+  burst fires; a tick received before its position opened, or before its levels
+  last changed, decides nothing for it (a redelivered batch must not be judged
+  against levels the operator set after it arrived).
+- A position the monitor learns about late (its PositionsChanged came after
+  ticks already checked against the old map) is checked against the recent
+  ticks received since it opened, so a one-tick breach in that gap still fires.
+- The sweep re-checks every position on the best cached price: fresh, then
+  stale (logged once per crossing), then blind. A price received before the
+  position opened does not count: until its first price the position is
+  "awaiting a price", and blind only once that has lasted the stale threshold.
+- Blind positions raise one critical alert when they go blind (one for all
+  that go blind in the same sweep) and, while any stay blind, one reminder for
+  all of them per interval, with a text that does not tick, so a backlog folds.
+- A close someone else owns (409) is theirs: nothing is done about it. A close
+  of ours that died between claim and record is reconciled with backoff, and
+  a `closing` position nobody finishes is reconciled after `stuck_after`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from tradeguard import alerts
+from tradeguard.backoff import Backoff
+from tradeguard.errors import PositionError
+from tradeguard.positions import Position, Reason, State, safe_band, trigger
+from tradeguard.prices import Freshness, Quote, Tick, tick_symbol
+
+logger = logging.getLogger(__name__)
+
+RECONCILE = "reconcile"  # a CloseRequest reason: finish a `closing` position via the broker
+FAILED_RETRY = 5.0  # seconds between sweep retries of a close_failed position
+FAILED_WARN_EVERY = 300.0  # one warning per close_failed position this often, not per retry
+RECENT_SECONDS = 5.0  # how long ticks are kept to check positions learnt about late
+RECENT_TICKS = 50_000  # ... and at most this many (a few seconds of a busy feed)
+STUCK_CLOSING = 300.0  # a `closing` position nobody here owns is reconciled after this
+
+Key = tuple[str, int | None]  # a position: its symbol and store id (a later one differs)
+
+
+def key(position: Position) -> Key:
+    return position.symbol, position.id
+
+
+def opened_from(position: Position) -> float:
+    """The monotonic time from which a cached price may decide for this position.
+
+    None means "opened in an earlier process": every price of this one is newer.
+    """
+    return -math.inf if position.opened_mono is None else position.opened_mono
+
+
+def judged_from(position: Position) -> float:
+    """The monotonic time from which a tick is judged against the position's levels.
+
+    A tick is judged once, on arrival, against the levels of that moment; one
+    from before the levels last changed (a batch redelivered after a restart)
+    must not be judged again against levels set after it arrived. The sweep's
+    cached price is the current price, so it is judged on the current levels.
+    """
+    changed = -math.inf if position.levels_mono is None else position.levels_mono
+    return max(opened_from(position), changed)
+
+
+@dataclass(frozen=True, slots=True)
+class CloseRequest:
+    symbol: str
+    reason: str  # a Reason, or RECONCILE
+    hint: Tick | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    stale_after: float  # prices.stale_warning_threshold: also the "awaiting a price" grace
+    blind_policy: str = "alert"
+    blind_repeat: float = 60.0
+    currency: str = "₹"
+    stuck_after: float = STUCK_CLOSING
+
+
+@dataclass
+class SweepResult:
+    closes: list[CloseRequest] = field(default_factory=list)
+    alerts: list[alerts.Alert] = field(default_factory=list)
+    blind: set[str] = field(default_factory=set)
+    stale: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _Sweep:
+    """One sweep in progress: its time, its result, and what it gathers for alerts."""
+
+    now: float
+    result: SweepResult = field(default_factory=SweepResult)
+    blind: list[tuple[Position, Quote | None]] = field(default_factory=list)
+    priced: list[tuple[str, float, float]] = field(default_factory=list)
+
+
+@dataclass
+class Memory:
+    """What the monitor has told the operator and when, across its incarnations.
+
+    Held by the system (Services), so a MonitorActor restart neither repeats a
+    "price stale" alert for the same crossing nor forgets how long a position
+    has been blind. `started` is the process's start, for "awaiting a price".
+    """
+
+    started: float = field(default_factory=time.monotonic)
+    stale: set[Key] = field(default_factory=set)
+    blind_since: dict[Key, float] = field(default_factory=dict)
+    blind_alerted: float | None = None  # when the last blind alert (any position) went out
+    failed_tried: dict[Key, float] = field(default_factory=dict)
+    failed_warned: dict[Key, float] = field(default_factory=dict)
+    recovered: bool = False  # the first incarnation has reconciled what a crash left closing
+
+    def prune(self, alive: set[Key]) -> None:
+        """Forget positions that are gone, so a later one on the symbol starts afresh."""
+        self.stale &= alive
+        for memo in (self.blind_since, self.failed_tried, self.failed_warned):
+            for gone in set(memo) - alive:
+                del memo[gone]
+
+
+class Monitor:
+    """One incarnation's stop engine over the live positions."""
+
+    def __init__(self, settings: Settings, memory: Memory,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.memory = memory
+        self._clock = clock
+        self._positions: dict[str, Position] = {}
+        self._in_flight: set[str] = set()
+        self._recent: deque[Sequence[Tick]] = deque()
+        self._recent_count = 0
+        self._reconcile_at: dict[Key, float] = {}
+        self._reconcile_backoff: dict[Key, Backoff] = {}
+        self._closing_since: dict[Key, float] = {}
+
+    @property
+    def positions(self) -> dict[str, Position]:
+        return self._positions
+
+    def in_flight(self, symbol: str) -> bool:
+        return symbol in self._in_flight
+
+    # Positions -------------------------------------------------------------
+
+    def set_positions(self, live: Iterable[Position]) -> list[CloseRequest]:
+        """Take the store's live positions; check new or re-levelled ones on recent ticks."""
+        old, self._positions = self._positions, {p.symbol: p for p in live}
+        alive = {key(p) for p in self._positions.values()}
+        self.memory.prune(alive)
+        for memo in (self._reconcile_at, self._reconcile_backoff, self._closing_since):
+            for gone in set(memo) - alive:
+                del memo[gone]
+        changed = [p for s, p in self._positions.items() if p.state is State.OPEN
+                   and not _same_levels(old.get(s), p)]
+        return [r for p in changed if (r := self._replay(p)) is not None]
+
+    def recover(self) -> list[CloseRequest]:
+        """Once per process: reconcile every `closing` position a crash left behind."""
+        if self.memory.recovered:
+            return []
+        self.memory.recovered = True
+        return [self._request(p.symbol, RECONCILE) for p in self._positions.values()
+                if p.state is State.CLOSING and p.symbol not in self._in_flight]
+
+    def _replay(self, position: Position) -> CloseRequest | None:
+        since = judged_from(position)
+        for batch in self._recent:
+            for tick in batch:
+                if tick.symbol == position.symbol and tick.received_at >= since:
+                    reason = trigger(position, tick.price)
+                    if reason is not None and position.symbol not in self._in_flight:
+                        logger.warning("[MONITOR] %s crossed its %s at %.4f before the monitor"
+                                       " knew it", position.symbol, reason, tick.price)
+                        return self._request(position.symbol, reason, tick)
+        return None
+
+    # Ticks -----------------------------------------------------------------
+
+    def on_ticks(self, ticks: Sequence[Tick]) -> list[CloseRequest]:
+        """Close requests for the first breaching tick of each position, in tick order."""
+        self._remember(ticks)
+        positions = self._positions
+        # Under load a batch holds thousands of ticks: each is compared with its
+        # position's band, built once per batch, and only a tick outside the
+        # band goes through the stop rules.
+        checks = {symbol: (safe_band(position), position, judged_from(position))
+                  for symbol in set(map(tick_symbol, ticks)) & positions.keys()
+                  if (position := positions[symbol]).state is State.OPEN
+                  and symbol not in self._in_flight}
+        requests = []
+        for tick in ticks:
+            check = checks.get(tick.symbol)
+            if check is None or check[0][0] < tick.price < check[0][1]:
+                continue
+            _, position, since = check
+            if tick.received_at < since:
+                continue  # from before this position existed or took these levels
+            reason = trigger(position, tick.price)
+            if reason is not None:
+                requests.append(self._request(tick.symbol, reason, tick))
+                del checks[tick.symbol]
+        return requests
+
+    def _remember(self, ticks: Sequence[Tick]) -> None:
+        # Whole batches, not per symbol: O(1) per batch on the hot path; the scan
+        # happens only when a position is learnt about late.
+        if not ticks:
+            return
+        self._recent.append(ticks)
+        self._recent_count += len(ticks)
+        horizon = self._clock() - RECENT_SECONDS
+        while self._recent and (self._recent_count > RECENT_TICKS
+                                or self._recent[0][-1].received_at < horizon):
+            self._recent_count -= len(self._recent.popleft())
+
+    # Closes ----------------------------------------------------------------
+
+    def _request(self, symbol: str, reason: str, hint: Tick | None = None) -> CloseRequest:
+        self._in_flight.add(symbol)
+        return CloseRequest(symbol, reason, hint)
+
+    def close_done(self, symbol: str, error: BaseException | None,
+                   live: Iterable[Position]) -> list[CloseRequest]:
+        """A worker finished; `live` is the store's positions after it."""
+        self._in_flight.discard(symbol)
+        requests = self.set_positions(live)
+        position = self._positions.get(symbol)
+        if position is None or position.state is not State.CLOSING:
+            return requests
+        if error is None or (isinstance(error, PositionError) and error.code in (404, 409)):
+            return requests  # someone else owns this close (A3): theirs to finish
+        self._schedule_reconcile(position, self._clock())
+        return requests
+
+    def _schedule_reconcile(self, position: Position, now: float) -> None:
+        backoff = self._reconcile_backoff.setdefault(
+            key(position), Backoff(1.0, 30.0, jitter=0.0, stable_after=math.inf))
+        delay = backoff.next_delay()
+        self._reconcile_at[key(position)] = now + delay
+        logger.warning("[MONITOR] %s is still closing after a failed close; reconciling in"
+                       " %.0fs", position.symbol, delay)
+
+    # The sweep -------------------------------------------------------------
+
+    def sweep(self, now: float, quote_of: Callable[[str], Quote | None]) -> SweepResult:
+        """Re-check every position on the cache at `now` (monotonic)."""
+        sweep = _Sweep(now)
+        for symbol, position in self._positions.items():
+            if symbol in self._in_flight:
+                continue
+            if position.state is State.CLOSING:
+                self._watch_closing(position, now, sweep.result)
+            elif position.state is State.CLOSE_FAILED:
+                self._retry_failed(position, now, sweep.result)
+            elif position.state is State.OPEN:
+                self._check(position, quote_of(symbol), sweep)
+        self._blind_alerts(sweep.blind, now, sweep.result)
+        if sweep.priced:
+            sweep.result.alerts.append(
+                alerts.positions_priced_again(sweep.priced, self.settings.currency))
+        return sweep.result
+
+    def _check(self, position: Position, quote: Quote | None, sweep: _Sweep) -> None:
+        result = sweep.result
+        if quote is not None and quote.received_at < opened_from(position):
+            quote = None  # from before the position opened: it decides nothing (A5)
+        if quote is None and self._awaiting(position, sweep.now):
+            return
+        if quote is None or not quote.usable:
+            result.blind.add(position.symbol)
+            sweep.blind.append((position, quote))
+            if self.settings.blind_policy == "close":
+                result.closes.append(self._request(position.symbol, Reason.BLIND))
+            return
+        since = self.memory.blind_since.pop(key(position), None)
+        if since is not None:
+            sweep.priced.append((position.symbol, quote.price, sweep.now - since))
+        self._note_freshness(position, quote, result)
+        reason = trigger(position, quote.price)
+        if reason is not None:
+            logger.warning("[MONITOR] %s at cached %.4f (%.1fs old) crosses its %s",
+                           position.symbol, quote.price, quote.age, reason)
+            result.closes.append(self._request(position.symbol, reason))
+
+    def _awaiting(self, position: Position, now: float) -> bool:
+        # A position just opened (or a process just started) has had no chance
+        # to see a tick yet: not blind until the feed has had the stale
+        # threshold's time to price it.
+        opened = self.memory.started if position.opened_mono is None else position.opened_mono
+        return now - opened < self.settings.stale_after
+
+    def _note_freshness(self, position: Position, quote: Quote, result: SweepResult) -> None:
+        if quote.freshness is not Freshness.STALE:
+            self.memory.stale.discard(key(position))
+            return
+        result.stale.add(position.symbol)
+        if key(position) in self.memory.stale:
+            return
+        self.memory.stale.add(key(position))
+        currency = self.settings.currency
+        logger.warning("[FALLBACK] Using stale price for %s: %s%.2f (%.1fs old)",
+                       position.symbol, currency, quote.price, quote.age)
+        result.alerts.append(alerts.price_stale(position.symbol, quote.price, quote.age,
+                                                currency=currency))
+
+    def _blind_alerts(self, blind: list[tuple[Position, Quote | None]], now: float,
+                      result: SweepResult) -> None:
+        memory, policy = self.memory, self.settings.blind_policy
+        new = [(p, q) for p, q in blind if key(p) not in memory.blind_since]
+        for position, _ in new:
+            memory.blind_since[key(position)] = now
+        if new:
+            seen = [(p.symbol, q.price if q else None, q.age if q else None) for p, q in new]
+            alert = alerts.positions_blind(seen, policy, self.settings.currency)
+        elif blind and (memory.blind_alerted is None
+                        or now - memory.blind_alerted >= self.settings.blind_repeat):
+            alert = alerts.still_blind(sorted(p.symbol for p, _ in blind), policy)
+        else:
+            return
+        memory.blind_alerted = now
+        logger.critical("[MONITOR] blind, no usable price: %s",
+                        ", ".join(sorted(p.symbol for p, _ in blind)))
+        result.alerts.append(alert)
+
+    def _retry_failed(self, position: Position, now: float, result: SweepResult) -> None:
+        memory, k = self.memory, key(position)
+        tried = memory.failed_tried.get(k)
+        if tried is not None and now - tried < FAILED_RETRY:
+            return
+        memory.failed_tried[k] = now
+        warned = memory.failed_warned.get(k)
+        if warned is None or now - warned >= FAILED_WARN_EVERY:
+            memory.failed_warned[k] = now
+            logger.warning("[MONITOR] retrying the failed close of %s every %.0fs (next"
+                           " notice in %.0fs)", position.symbol, FAILED_RETRY, FAILED_WARN_EVERY)
+        result.closes.append(self._request(position.symbol, position.reason or Reason.EMERGENCY))
+
+    def _watch_closing(self, position: Position, now: float, result: SweepResult) -> None:
+        k = key(position)
+        due = self._reconcile_at.get(k)
+        if due is None:
+            since = self._closing_since.setdefault(k, now)
+            if now - since < self.settings.stuck_after:
+                return
+            self._schedule_reconcile(position, now)
+            due = self._reconcile_at[k]
+        if now >= due:
+            del self._reconcile_at[k]
+            self._closing_since[k] = now
+            result.closes.append(self._request(position.symbol, RECONCILE))
+
+
+def _same_levels(old: Position | None, new: Position) -> bool:
+    return (old is not None and old.id == new.id and old.state is State.OPEN
+            and (old.stop_loss, old.take_profit, old.levels_mono)
+            == (new.stop_loss, new.take_profit, new.levels_mono))
