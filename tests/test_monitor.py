@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ import pytest
 
 from tests.support.harness import Harness, running
 from tests.support.waiting import wait_until
+from tradeguard.brokers import CloseOrder, Fill, PaperBroker
+from tradeguard.errors import BrokerError
 
 
 def ready(h: Harness, symbol: str) -> None:
@@ -189,3 +192,51 @@ def test_a_one_tick_breach_while_the_monitor_is_down_still_closes(
         position = closed(h, "GAP")
         assert position.reason == "stop_loss"
         assert orders_for(h, "GAP") == 1
+
+
+def test_A5_a_position_opened_on_an_old_cached_price_is_not_closed_by_it(tmp_path: Path) -> None:
+    """A5: the cache holds 94 from before the open; a long at 100 with SL 95 stays open.
+
+    The old sweep judged it on that price and market-closed it within one sweep.
+    """
+    with running(tmp_path, feed={"symbols": ["SYM"]},
+                 prices={"stale_warning_threshold": 0.3, "cache_timeout": 60}) as h:
+        ready(h, "SYM")
+        h.exchange.send_tick("SYM", 94.0)
+        wait_until(lambda: h.system.services.cache.quote("SYM", 0) is not None, 5)
+        open_pos(h, "SYM", "long", 100.0, 95.0, None)
+        # Awaiting a price for the stale threshold, then blind (policy "alert"): many
+        # sweeps have looked at it by then.
+        wait_until(lambda: h.system.services.monitor_status.blind_symbols() == ["SYM"], 10)
+        assert h.position("SYM").state.value == "open"
+        h.exchange.send_tick("SYM", 94.5)  # the first price after the open decides
+        position = closed(h, "SYM")
+        assert position.reason == "stop_loss" and position.exit_price == 94.5
+
+
+class GatedBroker(PaperBroker):
+    """A slow broker: each order waits until `width` orders are in flight at once."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__(lambda symbol: None, max_age=math.inf)
+        self.gate = threading.Barrier(width, timeout=5)
+
+    def place(self, order: CloseOrder) -> Fill:
+        try:
+            self.gate.wait()
+        except threading.BrokenBarrierError:
+            raise BrokerError("timed out") from None
+        return super().place(order)
+
+
+def test_A14_a_mass_stop_out_closes_in_parallel(tmp_path: Path) -> None:
+    """A14: twelve stops at once reach the broker together, not four at a time."""
+    symbols = [f"S{i:02d}" for i in range(12)]
+    broker = GatedBroker(len(symbols))
+    with running(tmp_path, broker=broker, feed={"symbols": symbols},
+                 monitor={"max_close_retries": 0}) as h:
+        for symbol in symbols:
+            open_pos(h, symbol, "long", 100.0, 90.0, None)
+        h.exchange.send_ticks([(symbol, 85.0) for symbol in symbols])
+        for symbol in symbols:
+            assert closed(h, symbol).reason == "stop_loss"
