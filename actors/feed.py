@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -32,7 +33,7 @@ from actors.messages import Kick, Subscribe, TickBatch
 from tradeguard import alerts
 from tradeguard.backoff import Backoff
 from tradeguard.errors import FeedError, ResolverError
-from tradeguard.feed import FeedProtocol, Frame, Parsed, make_protocol
+from tradeguard.feed import FeedProtocol, Frame, make_protocol
 from tradeguard.feed.connection import READ_TIMEOUT, FeedConnection
 from tradeguard.feed.watchdog import Watchdog
 
@@ -215,6 +216,9 @@ class _Reader:
             self._note_life(conn.bytes_received)
             if frames:
                 self._forward(frames)
+            refused = conn.take_refused()
+            if refused:
+                self._count_rejects(Counter(too_large=refused))
 
     def _note_life(self, received: int) -> None:
         if received != self.seen_bytes:
@@ -225,7 +229,7 @@ class _Reader:
         received = time.monotonic()
         parsed = self.protocol.parse(frames, received)
         if parsed.rejects:
-            self._count_rejects(parsed)
+            self._count_rejects(parsed.rejects)
         if parsed.ticks:
             batch = TickBatch(tuple(parsed.ticks), received)
             self.ctx.tell("CacheActor", batch)
@@ -235,8 +239,7 @@ class _Reader:
             # Counted once told, so the count never runs ahead of the actors' mailboxes.
             self.services.metrics.feed_ticks.inc(len(parsed.ticks))
 
-    def _count_rejects(self, parsed: Parsed) -> None:
-        rejects = parsed.rejects
+    def _count_rejects(self, rejects: Counter[str]) -> None:
         self.status.count_rejects(list(rejects.elements()))
         for reason, count in rejects.items():
             self.services.metrics.feed_rejected.labels(reason=reason).inc(count)

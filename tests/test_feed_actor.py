@@ -164,7 +164,13 @@ def test_malformed_frames_are_counted_and_never_poison_the_cache(tmp_path: Path)
         assert isinstance(rejected, dict) and sum(rejected.values()) >= len(BAD_FRAMES) - 2
         assert h.system.services.metrics.registry.get_sample_value(
             "tradeguard_feed_rejected_total", {"reason": next(iter(rejected))}) >= 1
+        # C10: a message over the limit is dropped and counted; the connection stays.
+        h.exchange.send_raw(" " * ((1 << 20) + 1))
+        h.exchange.send_tick("AAA", 99.75)
+        wait_until(lambda: feed(h)["rejected_frames"].get("too_large") == 1, 5)
+        wait_until(lambda: h.system.services.cache.quote("AAA", 0).price == 99.75, 5)
         assert connected(h) and h.position("AAA").state.value == "open"
+        assert feed(h)["network_errors"] == 0
         assert h.system.supervisor.status()["FeedActor"]["restarts"] == 0
 
 

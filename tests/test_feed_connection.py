@@ -28,7 +28,16 @@ import trustme
 from tests.support.waiting import wait_until
 from tradeguard.errors import FeedError
 from tradeguard.feed import Frame, Target
-from tradeguard.feed.connection import MAX_FRAGMENTS, PING, PONG, TEXT, FeedConnection
+from tradeguard.feed.connection import (
+    BINARY,
+    MAX_BATCH_BYTES,
+    MAX_FRAGMENTS,
+    MAX_MESSAGE_BYTES,
+    PING,
+    PONG,
+    TEXT,
+    FeedConnection,
+)
 from tradeguard.feed.wire_json import parse_frame, subscribe_frame
 from tradeguard.sim.exchange import SimExchange
 
@@ -42,10 +51,12 @@ def until(condition: Callable[[], bool], within: float = WAIT) -> None:
 
 
 def open_feed(url: str, address: str = IP, *, connect_timeout: float = WAIT, ca_file: str = "",
-              read_timeout: float = WAIT, max_batch_bytes: int = 1 << 22) -> FeedConnection:
+              read_timeout: float = WAIT, max_batch_bytes: int = MAX_BATCH_BYTES,
+              max_message_bytes: int = MAX_MESSAGE_BYTES) -> FeedConnection:
     return FeedConnection.open(Target(url), [address], connect_timeout=connect_timeout,
                                ca_file=ca_file, read_timeout=read_timeout,
-                               max_batch_bytes=max_batch_bytes)
+                               max_batch_bytes=max_batch_bytes,
+                               max_message_bytes=max_message_bytes)
 
 
 # Fixtures -----------------------------------------------------------------
@@ -89,9 +100,10 @@ def connect() -> Iterator[Callable[..., FeedConnection]]:
     opened: list[FeedConnection] = []
 
     def open_(url: str, ca_file: str = "", timeout: float = WAIT,
-              max_batch_bytes: int = 1 << 22) -> FeedConnection:
+              max_batch_bytes: int = MAX_BATCH_BYTES,
+              max_message_bytes: int = MAX_MESSAGE_BYTES) -> FeedConnection:
         conn = open_feed(url, ca_file=ca_file, read_timeout=timeout,
-                         max_batch_bytes=max_batch_bytes)
+                         max_batch_bytes=max_batch_bytes, max_message_bytes=max_message_bytes)
         opened.append(conn)
         return conn
 
@@ -545,16 +557,43 @@ def test_the_target_headers_go_into_the_handshake() -> None:
     assert b"\r\nAuthorization: x y\r\n" in seen[0]
 
 
-def test_c10_a_frame_over_the_limit_is_refused_from_its_header(
+def test_c10_a_frame_over_the_limit_is_dropped_from_its_header_and_reading_goes_on(
     raw_feeds: Callable[..., RawFeed], connect: Callable[..., FeedConnection]
 ) -> None:
-    """C10: a frame over the limit fails the connection before its payload is held."""
+    """C10: a frame over the limit is refused before its payload is held, not after."""
     feed = raw_feeds()
     conn = connect(f"ws://{HOST}:{feed.port}/ws", timeout=0.2)
-    feed.ready().sendall(any_frame(TEXT, b"x" * 100, length=2 << 20))  # claims 2 MB
-    with pytest.raises(FeedError, match="a frame over 1048576 bytes"):
-        read_until(conn, 1)
-    assert conn.bytes_received < 200
+    big = 2 << 20
+    feed.ready().sendall(server_frame(TEXT, b'"before"') + any_frame(TEXT, b"x" * 100, length=big))
+    assert read_until(conn, 1) == ['"before"']
+    until(lambda: conn.read_batch(10) == [] and conn.refused == 1)  # from the header alone
+    rest = threading.Thread(target=feed.ready().sendall,
+                            args=(b"y" * (big - 100) + server_frame(TEXT, b'"after"'),))
+    rest.start()
+    try:
+        assert read_until(conn, 1) == ['"after"']
+    finally:
+        rest.join()
+    assert conn.take_refused() == 1
+    assert conn.take_refused() == 0
+
+
+def test_c10_a_fragmented_message_over_the_limit_is_dropped_whole(
+    raw_feeds: Callable[..., RawFeed], connect: Callable[..., FeedConnection]
+) -> None:
+    """C10: parts under the limit that add up to more are dropped; the next message is not."""
+    feed = raw_feeds()
+    conn = connect(f"ws://{HOST}:{feed.port}/ws", timeout=0.2, max_message_bytes=150)
+    part = b"z" * 100
+    feed.ready().sendall(
+        any_frame(TEXT, part, fin=False) + any_frame(0x0, part, fin=False)
+        + server_frame(PING, b"still here") + any_frame(0x0, part)
+        + any_frame(BINARY, b"\x01" * 120, fin=False) + any_frame(0x0, b"\x02" * 200)
+        + server_frame(TEXT, b'"next"')
+    )
+    assert read_until(conn, 1) == ['"next"']
+    assert feed.read_client_frame() == (PONG, b"still here")
+    assert conn.take_refused() == 2
 
 
 def test_c10_a_flood_of_empty_continuations_is_refused(

@@ -16,8 +16,10 @@ is answered, a close ends the connection, and every byte received, control
 frames included, counts in `bytes_received`, the watchdog's sign of life.
 
 What a broken or hostile peer can make it hold is bounded (finding C10): a
-frame or message over `max_message_bytes` fails the connection as soon as its
-header says so, before it is buffered; a batch stops taking frames after
+message over `max_message_bytes` is dropped from the header that says so, its
+payload discarded as it arrives and never held whole, and counted in
+`refused`, while the connection and the frames after it carry on; a batch
+stops taking frames after
 `max_batch_bytes`; a message may have at most MAX_FRAGMENTS parts; and
 `read_batch` returns within `read_timeout` even while bytes trickle in that
 never complete a frame, so the watchdogs always get their turn.
@@ -84,6 +86,9 @@ class FeedConnection:
         self._fragment_opcode = 0
         self._fragment_bytes = 0
         self._fragment_count = 0
+        self._dropping = False  # the message being joined is over the limit: parts discarded
+        self._skip = 0  # payload bytes of a refused frame still to discard
+        self.refused = 0
         self._failure: FeedError | None = None
         self._sock = _socket_of(ws)
         self._sock.settimeout(read_timeout)
@@ -214,8 +219,14 @@ class FeedConnection:
         """Move complete frames from the buffer to `batch`; the buffer bytes used."""
         data, pos, end, limit = self._data, 0, len(self._data), self._max
         try:
+            if self._skip:  # the rest of a refused frame: dropped as it arrives
+                pos = min(end, self._skip)
+                self._skip -= pos
             while len(batch) < max_frames and pos < budget and end - pos >= 2:
-                head, length = _frame_size(data, pos, end, limit)
+                head, length = _frame_size(data, pos, end)
+                if length > limit:
+                    pos = self._refuse(data[pos], pos + head, length, end)
+                    continue
                 if head == 0 or end - pos < head + length:
                     break  # the rest of this frame is still on its way
                 first = data[pos]
@@ -239,15 +250,14 @@ class FeedConnection:
             if fin:
                 batch.append(_message(opcode, payload))
             else:
-                self._fragment_opcode = opcode
-                self._fragments, self._fragment_bytes, self._fragment_count = [], 0, 0
+                self._start_fragments(opcode)
                 self._fragment(payload)
         elif opcode == _CONT:
             if not self._fragment_opcode:
                 raise _broken("a continuation frame with no message to continue")
             self._fragment(payload)
             if fin:
-                batch.append(self._joined())
+                self._end_fragments(batch)
         elif opcode in (PING, PONG, _CLOSE):
             if not fin or len(payload) > 125:
                 raise _broken("a fragmented or oversized control frame")
@@ -255,20 +265,60 @@ class FeedConnection:
         else:
             raise _broken(f"unknown opcode {opcode}")
 
+    def _start_fragments(self, opcode: int) -> None:
+        self._fragment_opcode, self._dropping = opcode, False
+        self._fragments, self._fragment_bytes, self._fragment_count = [], 0, 0
+
     def _fragment(self, payload: bytes) -> None:
         self._fragment_count += 1
         if self._fragment_count > MAX_FRAGMENTS:
             raise _broken(f"a message in more than {MAX_FRAGMENTS} fragments")
-        if payload:
+        if payload and not self._dropping:
             self._fragment_bytes += len(payload)
             if self._fragment_bytes > self._max:
-                raise _broken(f"a message over {self._max} bytes")
-            self._fragments.append(payload)
+                self._drop_message()
+            else:
+                self._fragments.append(payload)
 
-    def _joined(self) -> Frame:
-        message, opcode = b"".join(self._fragments), self._fragment_opcode
-        self._fragments, self._fragment_opcode = [], 0
-        return _message(opcode, message)
+    def _drop_message(self) -> None:
+        """The message being joined is over the limit: count it, drop what it holds."""
+        self._dropping, self._fragments = True, []
+        self.refused += 1
+
+    def _end_fragments(self, batch: list[Frame]) -> None:
+        if not self._dropping:
+            batch.append(_message(self._fragment_opcode, b"".join(self._fragments)))
+        self._fragments, self._fragment_opcode, self._dropping = [], 0, False
+
+    def _refuse(self, first: int, start: int, length: int, end: int) -> int:
+        """Drop a data frame over the limit from its header on; where reading goes on.
+
+        Its payload is discarded as it arrives (never held), and the message
+        it belongs to counts once in `refused`.
+        """
+        fin, opcode = first & 0x80, first & 0x0F
+        if first & 0x70 or opcode not in (TEXT, BINARY, _CONT):
+            raise _broken(f"an oversized or unknown frame (opcode {opcode})")
+        if opcode == _CONT:
+            if not self._fragment_opcode:
+                raise _broken("a continuation frame with no message to continue")
+            if not self._dropping:
+                self._drop_message()
+        elif self._fragment_opcode:
+            raise _broken("a new message inside a fragmented one")
+        else:
+            self._start_fragments(opcode)
+            self._drop_message()
+        if fin:
+            self._fragments, self._fragment_opcode, self._dropping = [], 0, False
+        here = min(end - start, length)
+        self._skip = length - here
+        return start + here
+
+    def take_refused(self) -> int:
+        """Messages dropped for size since the last call (a protocol counts them "too_large")."""
+        refused, self.refused = self.refused, 0
+        return refused
 
     def _control(self, opcode: int, payload: bytes) -> None:
         if opcode == PING:
@@ -349,7 +399,7 @@ def _socket_of(ws: websocket.WebSocket) -> socket.socket:
 # Frames ---------------------------------------------------------------------
 
 
-def _frame_size(data: bytes, pos: int, end: int, limit: int) -> tuple[int, int]:
+def _frame_size(data: bytes, pos: int, end: int) -> tuple[int, int]:
     """(header bytes, payload bytes) of the frame at `pos`; (0, 0) if its header is cut."""
     second = data[pos + 1]
     if second & 0x80:
@@ -360,10 +410,7 @@ def _frame_size(data: bytes, pos: int, end: int, limit: int) -> tuple[int, int]:
     head = 4 if length == 126 else 10
     if end - pos < head:
         return 0, 0
-    length = int.from_bytes(data[pos + 2:pos + head], "big")
-    if length > limit:
-        raise _broken(f"a frame over {limit} bytes")
-    return head, length
+    return head, int.from_bytes(data[pos + 2:pos + head], "big")
 
 
 def _broken(what: str) -> FeedError:
