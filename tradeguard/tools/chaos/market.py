@@ -98,7 +98,7 @@ class Market:
         self.counts = MarketCounts()
         self._live: dict[str, Episode] = {}
         self._rest_until: dict[str, float] = dict.fromkeys(symbols, 0.0)
-        self._rested_wall: dict[str, float] = dict.fromkeys(symbols, 0.0)
+        self._rested_mono: dict[str, float] = dict.fromkeys(symbols, 0.0)  # vs Tick.received_at
         self._lock = threading.Lock()
         self._settling = threading.Event()
         self._stopping = threading.Event()
@@ -173,7 +173,7 @@ class Market:
                 episode.closed, episode.closed_wall = True, time.time()
                 del self._live[symbol]
             self._rest_until[symbol] = now + self.rng.uniform(*PAUSE)
-            self._rested_wall[symbol] = time.time()
+            self._rested_mono[symbol] = time.monotonic()
         elif episode.emergency:
             if now - episode.emergency_sent >= EMERGENCY_RETRY:
                 self._emergency(episode)
@@ -188,8 +188,8 @@ class Market:
         close the new position at once: right for TradeGuard, wrong for the
         story this run tells.
         """
-        quote = self.world.system.services.cache.quote(symbol, time.time())
-        if quote is None or quote.received_at <= self._rested_wall[symbol]:
+        quote = self.world.system.services.cache.quote(symbol, time.monotonic())
+        if quote is None or quote.received_at <= self._rested_mono[symbol]:
             return
         side = self.rng.choice((Side.LONG, Side.SHORT))
         draft = Episode(symbol, side, self.base[symbol], 0, math.inf, "stop_loss")
