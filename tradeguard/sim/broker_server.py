@@ -252,7 +252,10 @@ class BrokerServer(SimService):
                 self._release_waiting()
 
     def slow(self, seconds: float) -> None:
-        """Record each order first, then wait `seconds` before answering (0 to stop)."""
+        """Record each order first, then wait `seconds` before answering it (0 to stop).
+
+        Only orders (POST /orders) are slow: lookups and GET /positions answer at once.
+        """
         with self._lock:
             self._slow = seconds
             if not seconds:
@@ -316,7 +319,7 @@ class BrokerServer(SimService):
             status, payload = 401, _error("missing or wrong bearer token")
         with self._lock:
             slow, release = self._slow, self._release
-        if slow:
+        if slow and method == "POST":
             release.wait(slow)
         return status, json.dumps(payload)
 
