@@ -38,6 +38,7 @@ from tradeguard.feed.connection import (
     TEXT,
     FeedConnection,
 )
+from tradeguard.feed.watchdog import Watchdog
 from tradeguard.feed.wire_json import parse_frame, subscribe_frame
 from tradeguard.sim.exchange import SimExchange
 
@@ -650,3 +651,46 @@ def test_c10_a_batch_is_bounded_by_bytes_too(
     first = conn.read_batch(100)
     assert len(first) == 4  # 302 bytes each: the fourth starts under the budget
     assert first + read_until(conn, 6) == texts
+
+
+def test_c11_a_busy_feed_that_never_pongs_in_time_is_alive_and_a_silent_one_is_not(
+    raw_feeds: Callable[..., RawFeed], connect: Callable[..., FeedConnection]
+) -> None:
+    """C11: the pong sits behind ticks; the ticks after the ping are the answer.
+
+    RawFeed never answers a ping at all, the harshest case of a pong stuck
+    behind data. While it keeps sending, the connection lives; once it falls
+    silent, the same watchdog gives it up within `ping_timeout`.
+    """
+    feed = raw_feeds()
+    conn = connect(f"ws://{HOST}:{feed.port}/ws", timeout=0.05)
+    dog = Watchdog(ping_interval=0.1, ping_timeout=0.2, silence_timeout=30.0,
+                   clock=time.monotonic)
+    stop = threading.Event()
+
+    def ticks() -> None:
+        while not stop.wait(0.02):
+            feed.ready().sendall(server_frame(TEXT, b'{"symbol": "A", "price": 1.0}'))
+
+    sender = threading.Thread(target=ticks)
+    sender.start()
+    try:
+        busy_until = time.monotonic() + 1.0  # five ping timeouts
+        while time.monotonic() < busy_until:
+            assert dog.failure() is None
+            if dog.ping_due():
+                conn.ping()
+            conn.read_batch(100)
+            dog.observe(conn.bytes_received)
+    finally:
+        stop.set()
+        sender.join()
+    assert conn.pongs == 0
+    silent_since = time.monotonic()
+    while dog.failure() is None:
+        assert time.monotonic() - silent_since < WAIT
+        if dog.ping_due():
+            conn.ping()
+        conn.read_batch(100)
+        dog.observe(conn.bytes_received)
+    assert "no pong" in str(dog.failure())
