@@ -21,7 +21,7 @@ from tradeguard.notify.telegram import (
     TelegramTransport,
 )
 from tradeguard.sim.telegram_server import TelegramServer
-from tradeguard.store import Store
+from tradeguard.store import KEEP_FAILED_ALERTS, Store
 
 TOKEN = "123456789:AAH-secret_TOKEN-do-not-log"
 CHAT = "-100200300"
@@ -323,3 +323,31 @@ def test_failures_are_retried_after_backoff_and_retry_after(
     assert deliver(store, policy, transport, now + 20.0) is None
     assert len(server.messages) == 2
     assert store.pending_count() == 0
+
+
+def test_C3_pending_alerts_are_bounded_even_when_all_are_critical(store: Store) -> None:
+    """C3: every pending critical was loaded on every flush, under the store lock."""
+    for i in range(500):
+        store.enqueue_alert("position_blind", "critical", f"blind {i}", float(i))
+    store.enqueue_alert("feed_lost", "warning", "lost", 600.0)
+    pending = store.pending_alerts(100)
+    assert [e.text for e in pending] == [f"blind {i}" for i in range(100)]
+    assert store.pending_count() == 501
+
+
+def test_C3_refused_alerts_leave_the_queue_and_their_record_is_pruned(store: Store) -> None:
+    """C3: a refused alert stayed pending for good; now it moves to a bounded record."""
+    ids = [store.enqueue_alert("k", "warning", f"a{n}", float(n))
+           for n in range(KEEP_FAILED_ALERTS + 5)]
+    store.count_attempt(ids[:1])
+    error = "Telegram answered 400: Bad Request: chat not found"
+    assert store.mark_failed(ids[:-2], error, now=7.0) == len(ids) - 2
+    assert store.mark_failed(ids[:1], error, now=8.0) == 0  # already out of the queue
+    assert [e.id for e in store.pending_alerts()] == ids[-2:]
+    assert store.pending_count() == 2
+    failed = store.failed_alerts(limit=1000)
+    assert len(failed) == KEEP_FAILED_ALERTS
+    assert [e.id for e, _ in failed] == list(reversed(ids[-2 - KEEP_FAILED_ALERTS:-2]))
+    assert {reason for _, reason in failed} == {error}
+    oldest_kept = store.failed_alerts(limit=1000)[-1][0]
+    assert oldest_kept.attempts == 1  # the refused attempt itself is counted

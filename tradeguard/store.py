@@ -103,7 +103,26 @@ def new_client_order_id() -> str:
 
 
 KEEP_SENT_ALERTS = 200
+KEEP_FAILED_ALERTS = 200
 
+# Added beside the v2 schema, not in it: older TradeGuards ignore them, so the
+# schema version need not move. Partial indexes keep every outbox query at the
+# size of its LIMIT (or of the backlog, for the count), not of the history (C3).
+_OUTBOX_EXTRAS = (
+    "CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (id) WHERE sent_at IS NULL",
+    """CREATE INDEX IF NOT EXISTS outbox_pending_critical ON outbox (id)
+        WHERE sent_at IS NULL AND severity = 'critical'""",
+    "CREATE INDEX IF NOT EXISTS outbox_sent ON outbox (id) WHERE sent_at IS NOT NULL",
+    """CREATE TABLE IF NOT EXISTS outbox_failed (
+        id INTEGER PRIMARY KEY,
+        created_at REAL NOT NULL,
+        kind TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        text TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        failed_at REAL NOT NULL,
+        error TEXT NOT NULL)""",
+)
 
 
 def _float(value: Any) -> float | None:
@@ -175,6 +194,7 @@ class Store:
         # never stored, since the monotonic clock means nothing to the next one.
         self._mono: dict[int, tuple[float | None, float | None]] = {}
         self._migrate()
+        self._prepare_outbox()
 
     def close(self) -> None:
         with self._lock:
@@ -489,17 +509,39 @@ class Store:
             )
             return int(cur.lastrowid or 0)
 
+    def _prepare_outbox(self) -> None:
+        with self._tx() as db:
+            for statement in _OUTBOX_EXTRAS:
+                db.execute(statement)
+
     def pending_alerts(self, limit: int = 100) -> list[OutboxEntry]:
-        # Every pending critical, however long the backlog of lesser alerts ahead of it.
+        """The oldest `limit` pending alerts, and the oldest `limit` pending criticals.
+
+        A critical behind a long backlog of lesser alerts is still seen; both
+        halves are bounded, so a flush costs the same however large the outbox.
+        """
         rows = self._query(
-            "SELECT * FROM outbox WHERE sent_at IS NULL AND (severity = 'critical' OR id IN"
-            " (SELECT id FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT ?)) ORDER BY id",
-            (limit,),
+            "SELECT * FROM outbox WHERE id IN"
+            " (SELECT id FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT ?) OR id IN"
+            " (SELECT id FROM outbox WHERE sent_at IS NULL AND severity = 'critical'"
+            " ORDER BY id LIMIT ?) ORDER BY id",
+            (limit, limit),
         )
         return [OutboxEntry(**dict(r)) for r in rows]
 
     def pending_count(self) -> int:
+        """The backlog, counted on its own partial index (the history is not read)."""
         return int(self._query("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL")[0][0])
+
+    def still_pending(self, ids: Iterable[int]) -> bool:
+        """True if none of these alerts has been delivered (or failed) since it was read."""
+        wanted = sorted(set(ids))
+        rows = self._query(
+            "SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL AND id IN"
+            " (SELECT value FROM json_each(?))",
+            (json.dumps(wanted),),
+        )
+        return int(rows[0][0]) == len(wanted)
 
     def mark_sent(self, ids: Iterable[int], now: float) -> None:
         """Alerts the transport accepted; old sent ones are pruned."""
@@ -508,11 +550,39 @@ class Store:
                 "UPDATE outbox SET sent_at = ? WHERE id = ? AND sent_at IS NULL",
                 [(now, i) for i in ids],
             )
-            db.execute(
-                "DELETE FROM outbox WHERE sent_at IS NOT NULL AND id NOT IN"
-                " (SELECT id FROM outbox WHERE sent_at IS NOT NULL ORDER BY id DESC LIMIT ?)",
-                (KEEP_SENT_ALERTS,),
+            db.execute(  # all but the newest KEEP_SENT_ALERTS, read off the index's end
+                "DELETE FROM outbox WHERE sent_at IS NOT NULL AND id < (SELECT id FROM outbox"
+                " WHERE sent_at IS NOT NULL ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (KEEP_SENT_ALERTS - 1,),
             )
+
+    def mark_failed(self, ids: Iterable[int], error: str, now: float) -> int:
+        """Alerts Telegram refused for good: out of the queue, kept a while for inspection.
+
+        Returns how many were still pending (a refusal reported twice counts once).
+        """
+        wanted = [(i,) for i in ids]
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO outbox_failed (id, created_at, kind, severity, text, attempts,"
+                " failed_at, error) SELECT id, created_at, kind, severity, text, attempts + 1,"
+                " ?, ? FROM outbox WHERE id = ? AND sent_at IS NULL",
+                [(now, error, i) for (i,) in wanted],
+            )
+            moved = db.executemany(
+                "DELETE FROM outbox WHERE id = ? AND sent_at IS NULL", wanted).rowcount
+            db.execute(
+                "DELETE FROM outbox_failed WHERE id < (SELECT id FROM outbox_failed"
+                " ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (KEEP_FAILED_ALERTS - 1,),
+            )
+        return int(moved)
+
+    def failed_alerts(self, limit: int = 20) -> list[tuple[OutboxEntry, str]]:
+        """The newest alerts Telegram refused, each with its refusal."""
+        rows = self._query("SELECT * FROM outbox_failed ORDER BY id DESC LIMIT ?", (limit,))
+        return [(OutboxEntry(r["id"], r["created_at"], r["kind"], r["severity"], r["text"],
+                             r["attempts"]), r["error"]) for r in rows]
 
     def count_attempt(self, ids: Iterable[int]) -> None:
         with self._tx() as db:

@@ -173,6 +173,9 @@ class DeliveryPolicy:
         self.dedupe_window = dedupe_window
         self.repeat_interval = repeat_interval
         self._lock = threading.Lock()
+        # Held by a notifier's sender while it sends: a replaced incarnation's
+        # sender finishes its message before the next one's starts.
+        self.sending = threading.Lock()
         self._backoff = Backoff(backoff_initial, backoff_max, jitter=0.0, stable_after=0.0)
         self._sent: deque[tuple[float, bool]] = deque()  # (when, critical) in the last WINDOW
         self._delivered: dict[str, float] = {}  # alert text -> when it was delivered
