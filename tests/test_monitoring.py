@@ -402,3 +402,15 @@ def test_the_sweep_judges_the_cached_price_on_levels_changed_after_it() -> None:
     rig.clock.step(40.0)  # the feed is dark: stale
     rig.monitor.set_positions([long(sl=95.0, levels_mono=rig.clock.now)])
     assert rig.sweep().closes == [CloseRequest("SYM", "stop_loss")]
+
+
+def test_A17_a_position_opened_while_the_last_close_was_in_flight_is_checked_when_it_ends() -> None:
+    """A17: the new position's breach arrived while the old close still held the symbol."""
+    rig = closing_rig()
+    rig.clock.step(0.5)
+    new = long(id=2, opened=rig.clock.now)
+    rig.clock.step(0.001)
+    breach = rig.tick("SYM", 85.0)
+    assert rig.monitor.set_positions([new]) == []  # still in flight: not judged yet
+    assert rig.feed(breach) == []
+    assert rig.monitor.close_done("SYM", None, [new]) == [CloseRequest("SYM", "stop_loss", breach)]

@@ -243,6 +243,10 @@ class Monitor:
         self._in_flight.discard(symbol)
         requests = self.set_positions(live)
         position = self._positions.get(symbol)
+        if position is not None and position.state is State.OPEN:
+            # A new position on the symbol, learnt of while this close held it in
+            # flight: its ticks since it opened have not been judged yet.
+            return requests + [r for r in [self._replay(position)] if r is not None]
         if position is None or position.state is not State.CLOSING:
             return requests
         if error is None or (isinstance(error, PositionError) and error.code in (404, 409)):
