@@ -324,13 +324,21 @@ def test_dns_addresses_round_trip(store: Store) -> None:
     assert store.load_addresses("FEED.example.com") == ["203.0.113.8"]
 
 
-def test_a_price_snapshot_round_trips_and_keeps_the_newer_tick(store: Store) -> None:
+def test_A4_a_price_snapshot_round_trips_and_the_last_save_wins(store: Store) -> None:
+    """A4: a save after the wall clock stepped back has smaller stamps, and still wins."""
     store.save_prices([Tick("A", 575.0, 1000.0), Tick("B", 10.5, 1001.0)])
     store.save_prices([Tick("A", 500.0, 900.0), Tick("B", 11.0, 1002.0)])
     loaded = sorted(store.load_prices(), key=lambda t: t.symbol)
-    assert loaded == [Tick("A", 575.0, 1000.0), Tick("B", 11.0, 1002.0)]
+    assert loaded == [Tick("A", 500.0, 900.0), Tick("B", 11.0, 1002.0)]
     store.save_prices([])
     assert len(store.load_prices()) == 2
+
+
+def test_C14_forgotten_prices_leave_the_snapshot(store: Store) -> None:
+    """C14: the prices table kept every symbol the feed ever sent."""
+    store.save_prices([Tick("A", 1.0, 1000.0), Tick("B", 2.0, 1000.0)])
+    store.save_prices([Tick("C", 3.0, 1001.0)], forget=["A"])
+    assert sorted(t.symbol for t in store.load_prices()) == ["B", "C"]
 
 
 def test_alerts_come_out_in_order_until_sent(store: Store) -> None:
