@@ -247,7 +247,7 @@ class Closer:
         error = ""
         for attempt in range(1, self.max_retries + 2):
             try:
-                order = self._order(position, hint)
+                position, order = self._order(position, hint)
                 if order is None:
                     return self._closed_at_broker(position, age)
                 fill = self.broker.place(order)
@@ -271,26 +271,33 @@ class Closer:
         raise PositionError(
             f"{position.symbol}: broker failed after {attempt} attempt(s): {error}", 502)
 
-    def _order(self, position: Position, hint: Tick | None) -> CloseOrder | None:
-        """The order that closes what is still open, never more than the broker holds."""
+    def _order(
+        self, position: Position, hint: Tick | None
+    ) -> tuple[Position, CloseOrder | None]:
+        """The order that closes what is still open, never more than the broker holds.
+
+        None when the broker holds nothing on this side. A smaller holding
+        becomes the position's quantity (stored, alerted once).
+        """
         assert position.client_order_id is not None
-        quantity = position.remaining
         held = self.broker.holding(position.symbol)
         if held is not None:
             on_side = held.on_side(position.side)
             if on_side <= 1e-9:
-                return None
-            if on_side < quantity - 1e-9:
-                self._follow(position, on_side)
-                quantity = on_side
-        return CloseOrder(position.client_order_id, position.symbol, position.exit_side,
-                          quantity, position.reason or Reason.EMERGENCY, hint)
+                return position, None
+            if on_side < position.remaining - 1e-9:
+                position = self._follow(position, on_side)
+        assert position.client_order_id is not None
+        return position, CloseOrder(position.client_order_id, position.symbol,
+                                    position.exit_side, position.remaining,
+                                    position.reason or Reason.EMERGENCY, hint)
 
-    def _follow(self, position: Position, held: float) -> None:
+    def _follow(self, position: Position, held: float) -> Position:
         logger.warning("[CLOSE] %s: the broker holds %g, not %g; closing what it holds",
                        position.symbol, held, position.remaining)
-        self.store.follow_holding(self._id(position), position.filled_quantity + held)
         self.alerts.alert(alerts.reduced_at_broker(position.symbol, position.remaining, held))
+        followed = self.store.follow_holding(self._id(position), position.filled_quantity + held)
+        return followed or position
 
     def _end_partial(self, position: Position, fill: Fill) -> Position | None:
         assert fill.quantity is not None
