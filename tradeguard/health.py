@@ -125,9 +125,11 @@ class DnsStatus:
 
 @dataclass
 class MonitorStatus:
+    """What the monitor's last sweep found. Awaiting a first price is neither blind nor stale."""
+
     blind: set[str] = field(default_factory=set)
     stale: set[str] = field(default_factory=set)
-    last_sweep: float | None = None
+    last_sweep: float | None = None  # time.monotonic()
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def update(self, blind: set[str], stale: set[str], now: float) -> None:
