@@ -140,6 +140,8 @@ class GuardActor(pykka.ThreadingActor):
         does not is left behind as a daemon, fenced, rather than hang the stop.
         """
         thread = threading.Thread(target=target, name=name, daemon=True)
+        # Forget finished ones: a thread per periodic check must not pile up for days.
+        self._threads = [(t, j) for t, j in self._threads if t.is_alive()]
         self._threads.append((thread, join_timeout))
         thread.start()
         return thread

@@ -9,7 +9,6 @@ coming back are one alert each, never one per check.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from urllib.parse import urlsplit
 
@@ -27,20 +26,15 @@ class DnsHealthActor(GuardActor):
     def setup(self) -> None:
         cfg = self.services.cfg
         self._host = urlsplit(cfg.feed.url).hostname or PROBE_HOST
-        self._worker: threading.Thread | None = None
+        self._checking = False
         self.every("check", cfg.dns.health_interval)
         self._start_check()
-
-    def teardown(self) -> None:
-        worker = getattr(self, "_worker", None)
-        if worker is not None:
-            worker.join(self.services.cfg.dns.timeout + 1.0)
 
     def handle(self, message: object) -> object:
         if isinstance(message, Timer | Kick):
             self._start_check()
         elif isinstance(message, WorkerDone):
-            self._worker = None
+            self._checking = False
             if message.error is not None:
                 raise message.error  # a check that raised is a bug: let the supervisor see it
             assert isinstance(message.result, tuple)
@@ -50,7 +44,7 @@ class DnsHealthActor(GuardActor):
         return None
 
     def _start_check(self) -> None:
-        if self._worker is not None:
+        if self._checking:
             return  # one check at a time; a request during a check is answered by it
         resolver, servers, host = self.services.resolver, self._servers(), self._host
 
@@ -63,8 +57,10 @@ class DnsHealthActor(GuardActor):
                 done = WorkerDone("dns", error=exc)
             self.post(done)
 
-        self._worker = threading.Thread(target=check, name="dns-health-check", daemon=True)
-        self._worker.start()
+        self._checking = True
+        # Joined at teardown for as long as one check may take, then left fenced.
+        self.own_thread(check, "dns-health-check",
+                        join_timeout=self.services.cfg.dns.timeout + 1.0)
 
     def _servers(self) -> list[str]:
         return list(self.services.cfg.dns.fallback_servers)

@@ -10,9 +10,11 @@ idempotent. A plain `tell` to a child that is down is dropped and counted.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Sized
 from typing import Any
 
 import pykka
@@ -22,6 +24,21 @@ from actors.messages import Durable
 logger = logging.getLogger(__name__)
 
 MAX_DELIVERIES = 3
+
+
+def describe(message: object) -> str:
+    """A message's type and size, for a log line: never its contents.
+
+    A durable TickBatch can hold thousands of ticks; its repr would be one
+    multi-megabyte line (C8). "TickBatch of 5000 ticks".
+    """
+    name = type(message).__name__
+    if dataclasses.is_dataclass(message) and not isinstance(message, type):
+        for f in dataclasses.fields(message):
+            value = getattr(message, f.name)
+            if isinstance(value, Sized) and not isinstance(value, str | bytes):
+                return f"{name} of {len(value)} {f.name}"
+    return name
 
 
 class ChildHandle:
@@ -100,8 +117,8 @@ class ChildHandle:
             for seq in sorted(self._pending):
                 envelope = self._pending[seq]
                 if envelope.deliveries >= MAX_DELIVERIES:
-                    logger.error("%s: dropping %r after %d deliveries", self.name,
-                                 envelope.message, envelope.deliveries)
+                    logger.error("%s: dropping %s after %d deliveries", self.name,
+                                 describe(envelope.message), envelope.deliveries)
                     del self._pending[seq]
                     continue
                 try:
