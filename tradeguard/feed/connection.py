@@ -10,28 +10,21 @@ follows a proxy from the environment, and cannot be redirected elsewhere.
 
 `read_batch` blocks (up to `read_timeout`) for one data frame, then takes
 every frame already received without waiting for the network. It drains the
-socket in large reads and cuts the frames out itself; websocket-client only
-connects and sends. WebSocket control frames never leave this module: a ping
-is answered, a close ends the connection, and every byte received, control
-frames included, counts in `bytes_received`, the watchdog's sign of life.
-
-What a broken or hostile peer can make it hold is bounded (finding C10): a
-message over `max_message_bytes` is dropped from the header that says so, its
-payload discarded as it arrives and never held whole, and counted in
-`refused`, while the connection and the frames after it carry on; a batch
-stops taking frames after
-`max_batch_bytes`; a message may have at most MAX_FRAGMENTS parts; and
-`read_batch` returns within `read_timeout` even while bytes trickle in that
-never complete a frame, so the watchdogs always get their turn.
+socket in large reads and `frames.FrameCutter` cuts the frames out (and
+bounds what a hostile peer can make it hold, finding C10); websocket-client
+only connects and sends. WebSocket control frames never leave the transport:
+a ping is answered, a close ends the connection, and every byte received,
+control frames included, counts in `bytes_received`, the watchdog's sign of
+life. A batch stops taking frames after `max_batch_bytes`, and `read_batch`
+returns within `read_timeout` even while bytes trickle in that never complete
+a frame, so the watchdogs always get their turn (C10).
 """
 
 from __future__ import annotations
 
-import logging
 import select
 import socket
 import ssl
-import struct
 import time
 from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
@@ -40,22 +33,14 @@ import websocket
 
 from tradeguard.errors import FeedError
 from tradeguard.feed import Frame, Target
+from tradeguard.feed.frames import BINARY, MAX_FRAGMENTS, PING, PONG, TEXT, FrameCutter
 from tradeguard.net.pinned import open_pinned, tls_context
 
-logger = logging.getLogger(__name__)
-
-TEXT = websocket.ABNF.OPCODE_TEXT
-BINARY = websocket.ABNF.OPCODE_BINARY
-PING = websocket.ABNF.OPCODE_PING
-PONG = websocket.ABNF.OPCODE_PONG
-_CLOSE = websocket.ABNF.OPCODE_CLOSE
-_CONT = websocket.ABNF.OPCODE_CONT
-_FIN_TEXT = 0x80 | TEXT
+__all__ = ["BINARY", "MAX_FRAGMENTS", "PING", "PONG", "TEXT", "FeedConnection"]
 
 RECV_BYTES = 1 << 18  # one read takes ~4,000 one-tick frames or ~80 fifty-tick ones
 MAX_MESSAGE_BYTES = 1 << 20  # a protocol may say otherwise (FeedProtocol.max_frame_bytes)
 MAX_BATCH_BYTES = 1 << 22  # one batch holds at most this much plus one message
-MAX_FRAGMENTS = 1024  # parts of one message; a flood of empty ones is a broken peer
 READ_TIMEOUT = 0.25
 
 
@@ -76,19 +61,10 @@ class FeedConnection:
     ) -> None:
         self.ip = ip
         self.bytes_received = 0
-        self.pongs = 0
         self._ws = ws
-        self._max = max_message_bytes
+        self._frames = FrameCutter(self._send, max_message_bytes)
         self._max_batch = max_batch_bytes
         self._read_timeout = read_timeout
-        self._data = b""
-        self._fragments: list[bytes] = []  # a fragmented message so far (RFC 6455 §5.4)
-        self._fragment_opcode = 0
-        self._fragment_bytes = 0
-        self._fragment_count = 0
-        self._dropping = False  # the message being joined is over the limit: parts discarded
-        self._skip = 0  # payload bytes of a refused frame still to discard
-        self.refused = 0
         self._failure: FeedError | None = None
         self._sock = _socket_of(ws)
         self._sock.settimeout(read_timeout)
@@ -151,6 +127,18 @@ class FeedConnection:
     def socket(self) -> socket.socket:
         return self._sock
 
+    @property
+    def pongs(self) -> int:
+        return self._frames.pongs
+
+    @property
+    def refused(self) -> int:
+        return self._frames.refused
+
+    def take_refused(self) -> int:
+        """Messages dropped for size since the last call (a protocol counts them "too_large")."""
+        return self._frames.take_refused()
+
     # Reading ------------------------------------------------------------
 
     def read_batch(self, max_frames: int) -> list[Frame]:
@@ -173,11 +161,11 @@ class FeedConnection:
             raise FeedError("feed connection failed: the connection is already closed")
         batch: list[Frame] = []
         try:
-            budget = self._max_batch - self._take(batch, max_frames, self._max_batch)
+            budget = self._max_batch - self._frames.take(batch, max_frames, self._max_batch)
             if not batch:
                 budget -= self._wait_for_frame(batch, max_frames, budget)
             while len(batch) < max_frames and budget > 0 and self._readable() and self._receive():
-                budget -= self._take(batch, max_frames, budget)
+                budget -= self._frames.take(batch, max_frames, budget)
         except FeedError as exc:
             self.shutdown()
             if not batch:
@@ -191,7 +179,7 @@ class FeedConnection:
         taken = 0
         try:
             while self._receive():
-                taken += self._take(batch, max_frames, budget - taken)
+                taken += self._frames.take(batch, max_frames, budget - taken)
                 left = deadline - time.monotonic()
                 if batch or left <= 0:
                     break
@@ -212,124 +200,8 @@ class FeedConnection:
         if not chunk:
             raise FeedError("feed connection failed: Connection to remote host was lost.")
         self.bytes_received += len(chunk)
-        self._data = self._data + chunk if self._data else chunk
+        self._frames.append(chunk)
         return True
-
-    def _take(self, batch: list[Frame], max_frames: int, budget: int) -> int:
-        """Move complete frames from the buffer to `batch`; the buffer bytes used."""
-        data, pos, end, limit = self._data, 0, len(self._data), self._max
-        try:
-            if self._skip:  # the rest of a refused frame: dropped as it arrives
-                pos = min(end, self._skip)
-                self._skip -= pos
-            while len(batch) < max_frames and pos < budget and end - pos >= 2:
-                head, length = _frame_size(data, pos, end)
-                if length > limit:
-                    pos = self._refuse(data[pos], pos + head, length, end)
-                    continue
-                if head == 0 or end - pos < head + length:
-                    break  # the rest of this frame is still on its way
-                first = data[pos]
-                payload = data[pos + head:pos + head + length]
-                pos += head + length
-                if first == _FIN_TEXT and not self._fragment_opcode:
-                    batch.append(_text(payload))  # the usual frame, first
-                else:
-                    self._frame(first, payload, batch)
-        finally:
-            self._data = data[pos:]
-        return pos
-
-    def _frame(self, first: int, payload: bytes, batch: list[Frame]) -> None:
-        fin, opcode = first & 0x80, first & 0x0F
-        if first & 0x70:
-            raise _broken("reserved bits set without an extension")
-        if opcode in (TEXT, BINARY):
-            if self._fragment_opcode:
-                raise _broken("a new message inside a fragmented one")
-            if fin:
-                batch.append(_message(opcode, payload))
-            else:
-                self._start_fragments(opcode)
-                self._fragment(payload)
-        elif opcode == _CONT:
-            if not self._fragment_opcode:
-                raise _broken("a continuation frame with no message to continue")
-            self._fragment(payload)
-            if fin:
-                self._end_fragments(batch)
-        elif opcode in (PING, PONG, _CLOSE):
-            if not fin or len(payload) > 125:
-                raise _broken("a fragmented or oversized control frame")
-            self._control(opcode, payload)
-        else:
-            raise _broken(f"unknown opcode {opcode}")
-
-    def _start_fragments(self, opcode: int) -> None:
-        self._fragment_opcode, self._dropping = opcode, False
-        self._fragments, self._fragment_bytes, self._fragment_count = [], 0, 0
-
-    def _fragment(self, payload: bytes) -> None:
-        self._fragment_count += 1
-        if self._fragment_count > MAX_FRAGMENTS:
-            raise _broken(f"a message in more than {MAX_FRAGMENTS} fragments")
-        if payload and not self._dropping:
-            self._fragment_bytes += len(payload)
-            if self._fragment_bytes > self._max:
-                self._drop_message()
-            else:
-                self._fragments.append(payload)
-
-    def _drop_message(self) -> None:
-        """The message being joined is over the limit: count it, drop what it holds."""
-        self._dropping, self._fragments = True, []
-        self.refused += 1
-
-    def _end_fragments(self, batch: list[Frame]) -> None:
-        if not self._dropping:
-            batch.append(_message(self._fragment_opcode, b"".join(self._fragments)))
-        self._fragments, self._fragment_opcode, self._dropping = [], 0, False
-
-    def _refuse(self, first: int, start: int, length: int, end: int) -> int:
-        """Drop a data frame over the limit from its header on; where reading goes on.
-
-        Its payload is discarded as it arrives (never held), and the message
-        it belongs to counts once in `refused`.
-        """
-        fin, opcode = first & 0x80, first & 0x0F
-        if first & 0x70 or opcode not in (TEXT, BINARY, _CONT):
-            raise _broken(f"an oversized or unknown frame (opcode {opcode})")
-        if opcode == _CONT:
-            if not self._fragment_opcode:
-                raise _broken("a continuation frame with no message to continue")
-            if not self._dropping:
-                self._drop_message()
-        elif self._fragment_opcode:
-            raise _broken("a new message inside a fragmented one")
-        else:
-            self._start_fragments(opcode)
-            self._drop_message()
-        if fin:
-            self._fragments, self._fragment_opcode, self._dropping = [], 0, False
-        here = min(end - start, length)
-        self._skip = length - here
-        return start + here
-
-    def take_refused(self) -> int:
-        """Messages dropped for size since the last call (a protocol counts them "too_large")."""
-        refused, self.refused = self.refused, 0
-        return refused
-
-    def _control(self, opcode: int, payload: bytes) -> None:
-        if opcode == PING:
-            self._send(payload, PONG)
-        elif opcode == PONG:
-            self.pongs += 1
-        else:
-            reason = _close_reason(payload)
-            logger.info("Feed closed the connection: %s", reason)
-            self._send(payload[:2], _CLOSE)  # echo the status, as RFC 6455 §5.5.1 asks
-            raise FeedError(f"feed closed the connection: {reason}")
 
     def _send(self, data: str | bytes, opcode: int) -> None:
         try:
@@ -399,24 +271,6 @@ def _socket_of(ws: websocket.WebSocket) -> socket.socket:
 # Frames ---------------------------------------------------------------------
 
 
-def _frame_size(data: bytes, pos: int, end: int) -> tuple[int, int]:
-    """(header bytes, payload bytes) of the frame at `pos`; (0, 0) if its header is cut."""
-    second = data[pos + 1]
-    if second & 0x80:
-        raise _broken("a masked frame from the server")
-    length = second & 0x7F
-    if length < 126:
-        return 2, length
-    head = 4 if length == 126 else 10
-    if end - pos < head:
-        return 0, 0
-    return head, int.from_bytes(data[pos + 2:pos + head], "big")
-
-
-def _broken(what: str) -> FeedError:
-    return FeedError(f"feed broke the WebSocket protocol: {what}")
-
-
 def _readable(sock: socket.socket) -> Callable[[], bool]:
     """A check whether a read would find data without waiting for the network.
 
@@ -431,21 +285,3 @@ def _readable(sock: socket.socket) -> Callable[[], bool]:
     return lambda: bool(poller.poll(0))
 
 
-def _message(opcode: int, data: bytes) -> Frame:
-    return data if opcode == BINARY else _text(data)
-
-
-def _text(data: bytes) -> str:
-    try:
-        return data.decode()
-    except UnicodeDecodeError as exc:
-        # RFC 6455 §8.1: a text frame that is not UTF-8 fails the connection.
-        raise FeedError("feed sent a text frame that is not UTF-8") from exc
-
-
-def _close_reason(data: bytes) -> str:
-    if len(data) < 2:
-        return "no status"
-    (code,) = struct.unpack("!H", data[:2])
-    text = data[2:].decode(errors="replace")
-    return f"{code} {text}".strip()
