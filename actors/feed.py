@@ -228,6 +228,8 @@ class _Reader:
     def _forward(self, frames: list[Frame]) -> None:
         received = time.monotonic()
         parsed = self.protocol.parse(frames, received)
+        # parsed.messages stays unread: json sends none, and a venue's order updates
+        # belong to the broker-truth mirror (SPEC §12), which does not exist yet.
         if parsed.rejects:
             self._count_rejects(parsed.rejects)
         if parsed.ticks:
