@@ -73,8 +73,9 @@ class NotifierActor(GuardActor):
         return None
 
     def _flush(self) -> None:
-        if self._sending:
+        if self._sending and self._sender_alive():
             return  # the sender reports back and we look again then
+        self._sending = False
         store = self.services.store
         pending = store.pending_alerts(BATCH)
         if self._transport is None:
@@ -94,8 +95,11 @@ class NotifierActor(GuardActor):
             self._ensure_sender()
             self._rounds.put(list(plan.messages))
 
+    def _sender_alive(self) -> bool:
+        return self._sender is not None and self._sender.is_alive()
+
     def _ensure_sender(self) -> None:
-        if self._sender is not None and self._sender.is_alive():
+        if self._sender_alive():
             return
         if self._sender is not None:
             logger.error("[NOTIFY] The Telegram sender thread had died; starting a new one")
