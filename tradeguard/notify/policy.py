@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -122,18 +122,15 @@ class _Fold:
 
     def message(self) -> Message:
         newest = self.entries[-1]
-        counts: dict[str, int] = {}
-        for entry in self.entries:
-            counts[headline(entry.text)] = counts.get(headline(entry.text), 0) + 1
-        top = headline(newest.text)
-        lines = [_with_count(newest.text, counts.pop(top))]
+        counts = Counter(headline(e.text) for e in self.entries)  # in order of first appearance
+        lines = [_with_count(newest.text, counts.pop(headline(newest.text)))]
         also = [h + _count(n) for h, n in counts.items()]
         if also:
             lines += ["Also:", *also[:DIGEST_HEADLINES]]
         if len(also) > DIGEST_HEADLINES:
             lines.append(f"...and {len(also) - DIGEST_HEADLINES} more.")
-        return Message("\n".join(lines), tuple(e.id for e in self.entries),
-                       alert_text=newest.text, critical=True, repeat_keys=tuple(self.repeat_keys()))
+        return Message("\n".join(lines), tuple(e.id for e in self.entries), alert_text=newest.text,
+                       critical=True, repeat_keys=tuple(self.repeat_keys()))
 
 
 def _digest(groups: Sequence[_Group]) -> Message:
