@@ -42,8 +42,8 @@ class ApiActor(GuardActor):
     def setup(self) -> None:
         endpoint, cfg = self.services.api, self.services.cfg.api
         app = create_app(endpoint.guard)
-        self._listener = self._bind(app, cfg.host, endpoint.port)
-        endpoint.bound = self._listener.port
+        self.listener = self._bind(app, cfg.host, endpoint.port)
+        endpoint.bound = self.listener.port
         self.own_thread(self._serve, "api-http", join_timeout=5.0)
         logger.info("[API] listening on http://%s:%s/", cfg.host, endpoint.bound)
 
@@ -64,7 +64,7 @@ class ApiActor(GuardActor):
         raise AssertionError("unreachable")
 
     def _serve(self) -> None:
-        listener, stop = self._listener, self.ctx.stop_event
+        listener, stop = self.listener, self.ctx.stop_event
         try:
             while not stop.is_set():
                 loop(timeout=LOOP_TIMEOUT, map=listener.socket_map, count=1)

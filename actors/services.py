@@ -50,6 +50,15 @@ class Faults:
 
 
 @dataclass
+class ApiEndpoint:
+    """What ApiActor serves, and where: `port` as asked (0: any free one), `bound` once up."""
+
+    guard: GuardApi
+    port: int
+    bound: int = 0  # written by ApiActor when it listens, read by System.api_port
+
+
+@dataclass
 class Services:
     cfg: Config
     store: Store
@@ -60,14 +69,13 @@ class Services:
     alerts: AlertSink
     metrics: Metrics
     delivery: DeliveryPolicy
+    api: ApiEndpoint
+    handles: dict[str, ChildHandle]
     feed_status: FeedStatus = field(default_factory=FeedStatus)
     dns_status: DnsStatus = field(default_factory=DnsStatus)
     monitor_status: MonitorStatus = field(default_factory=MonitorStatus)
     monitor_memory: Memory = field(default_factory=Memory)  # outlives MonitorActor restarts
-    handles: dict[str, ChildHandle] = field(default_factory=dict)
     shutdown: threading.Event = field(default_factory=threading.Event)
     faults: Faults = field(default_factory=Faults)
     blind_repeat: float = 60.0  # seconds between repeated blind alerts for one position
     system_lookup: Callable[[str], list[str]] | None = None
-    api: GuardApi | None = None  # what the HTTP layer calls (the System)
-    api_port: int = 0  # the port ApiActor bound (0 until then: tests ask for any free one)

@@ -74,8 +74,7 @@ class System:
         api_port: int | None = None,
     ) -> None:
         self.cfg = cfg
-        token = api_token(cfg.api.token, cfg.store.path)
-        self.api_token, self.token_path = token.value, token.path
+        self.api_token = api_token(cfg.api.token, cfg.store.path).value
         store = Store(cfg.store.path)
         metrics = Metrics()
         metrics.add_process()

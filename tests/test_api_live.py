@@ -22,15 +22,18 @@ from email.message import Message
 from pathlib import Path
 from typing import Any
 
+import pykka
 import pytest
 
 from tests.support.harness import API_TOKEN, BOT_TOKEN, Harness, running
 from tests.support.waiting import wait_until
 from tradeguard.brokers import CloseOrder
+from tradeguard.sim.broker_server import BrokerServer
 from tradeguard.web.api import load_openapi
 from tradeguard.web.app import MAX_BODY_BYTES
 from tradeguard.web.server import WIRE_BODY_LIMIT
 
+BROKER_SIM_TOKEN = "api-live-broker-token-SECRET"
 SECRETS = (API_TOKEN, BOT_TOKEN)  # the broker token: tests/test_run_refusals.py
 LONG = {"symbol": "BOSCHLTD", "side": "long", "quantity": 2, "entry_price": 575.0,
         "stop_loss": 560.0, "take_profit": 600.0}
@@ -485,3 +488,74 @@ def test_no_secret_in_any_answer_or_log_line(
             assert secret not in record.getMessage(), f"{record.name}: {record.getMessage()}"
     for secret in SECRETS:
         assert secret not in caplog.text  # formatted, tracebacks included
+
+
+# Findings: slow closes and a dead serving thread ---------------------------------------------
+
+
+def quick_get(port: int, path: str) -> int:
+    """The status of a GET that must answer within 3 s (a monitor's patience)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+def test_c5_reads_keep_answering_while_four_closes_wait_on_the_broker(tmp_path: Path) -> None:
+    """C5: four emergency closes held by a hung broker leave /healthz, /metrics and / alive."""
+    broker = BrokerServer(BROKER_SIM_TOKEN).start()
+    broker.hang()
+    try:
+        with running(tmp_path, broker_section={"kind": "http", "url": broker.url,
+                                               "token": BROKER_SIM_TOKEN, "timeout": 20.0},
+                     monitor={"max_close_retries": 0}) as h:
+            symbols = ["AAA", "BBB", "CCC", "DDD", "EEE"]
+            for symbol in symbols:
+                h.open_long(symbol, 100.0, 90.0)
+            client = Client(h.system.api_port)
+            closes = [threading.Thread(target=client.call, args=(
+                "POST", "/api/v1/monitoring/emergency-close-position", {"symbol": s}))
+                for s in symbols[:4]]
+            for thread in closes:
+                thread.start()
+            wait_until(lambda: sum(1 for p in h.system.services.store.live_positions()
+                                   if p.state == "closing") == 4, 10)
+            for path in ("/healthz", "/metrics", "/", "/api/v1/positions"):
+                assert quick_get(h.system.api_port, path) == 200, path
+            fifth = client.call("POST", "/api/v1/monitoring/emergency-close-position",
+                                {"symbol": "EEE"})
+            assert_error(fifth, 503, "under way")
+            broker.hang(False)
+            for thread in closes:
+                thread.join(30)
+            assert not any(thread.is_alive() for thread in closes)
+    finally:
+        broker.stop()
+
+
+class Bomb:
+    """An entry in waitress's socket map whose first poll raises, as a loop bug would."""
+
+    def readable(self) -> bool:
+        raise RuntimeError("injected: the serving loop broke")
+
+    writable = readable
+
+    def close(self) -> None:
+        """The listener closes every entry when the loop ends."""
+
+
+def test_c6_a_dead_serving_thread_restarts_the_api_actor(live: Harness) -> None:
+    """C6: if the HTTP loop dies, ApiActor dies with it and the supervisor restarts it."""
+    ref = pykka.ActorRegistry.get_by_class_name("ApiActor")[0]
+    listener = ref.proxy().listener.get()
+    listener.socket_map[-1] = Bomb()
+    wait_until(lambda: live.system.supervisor.status()["ApiActor"]["restarts"] == 1, 10,
+               message="ApiActor was not restarted")
+    assert "serving thread died" in live.system.supervisor.status()["ApiActor"]["last_failure"]
+    assert live.system.wait_started(10)
+    assert quick_get(live.system.api_port, "/healthz") == 200

@@ -15,9 +15,8 @@ from tradeguard.web.token import api_token
 def test_c12_a_saved_token_is_reused(tmp_path: Path) -> None:
     """C12: the second start finds the first start's token."""
     first = api_token("", tmp_path / "tg.db")
-    assert first.created and first.path == tmp_path / "api-token"
-    second = api_token("", tmp_path / "tg.db")
-    assert (second.value, second.created) == (first.value, False)
+    assert first.path == tmp_path / "api-token"
+    assert api_token("", tmp_path / "tg.db") == first
 
 
 def test_a_configured_token_writes_no_file(tmp_path: Path) -> None:
@@ -41,7 +40,7 @@ def test_d8_a_planted_symlink_is_neither_read_nor_written_through(tmp_path: Path
     victim.write_text("attacker-chosen-token-0123456789\n")
     (tmp_path / "api-token").symlink_to(victim)
     token = api_token("", tmp_path / "tg.db")
-    assert token.created and token.value != "attacker-chosen-token-0123456789"
+    assert token.value != "attacker-chosen-token-0123456789"
     assert victim.read_text() == "attacker-chosen-token-0123456789\n"  # not written through
     saved = tmp_path / "api-token"
     assert not saved.is_symlink()
@@ -53,7 +52,7 @@ def test_d8_a_file_others_could_read_is_not_reused(tmp_path: Path) -> None:
     first = api_token("", tmp_path / "tg.db")
     os.chmod(tmp_path / "api-token", 0o644)
     second = api_token("", tmp_path / "tg.db")
-    assert second.created and second.value != first.value
+    assert second.value != first.value
     assert stat.S_IMODE((tmp_path / "api-token").stat().st_mode) == 0o600
 
 

@@ -15,13 +15,13 @@ from tradeguard.config import (
     MASK,
     Config,
     config_from_mapping,
-    is_loopback,
     load_config,
     masked,
     parse_server,
     render_toml,
 )
 from tradeguard.errors import ConfigError
+from tradeguard.net.addresses import is_loopback
 
 # SPEC §3, key by key. Written out rather than read from the dataclasses so that a
 # changed default is a failing test, not a silently changed contract.

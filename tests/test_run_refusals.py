@@ -183,7 +183,7 @@ def test_a_generated_token_is_never_logged(
     caplog.set_level(logging.DEBUG)
     with running(tmp_path, api={"token": ""}) as h:
         token = h.system.api_token
-        assert h.system.token_path == tmp_path / "api-token"
+        assert (tmp_path / "api-token").read_text().strip() == token
         assert h.call("GET", "/api/v1/positions", token=token)[0] == 200
         assert h.call("POST", "/api/v1/positions", {}, token="wrong")[0] == 401
         assert h.call("POST", "/api/v1/positions", {}, token=token)[0] == 400

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from tradeguard.config import load_config, masked, render_toml
 from tradeguard.errors import ConfigError
 from tradeguard.exits import EX_CONFIG, EX_OK
+from tradeguard.logs import setup_logging
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,8 +57,9 @@ def check_config(path: str | None, as_json: bool) -> int:
 
 
 def run(path: str | None) -> int:
-    from actors.service import run_service
+    from actors.process import run_service
 
+    setup_logging()  # before the config: its warnings (C13) are log lines too
     try:
         cfg = load_config(path, require_feed=True)
     except ConfigError as err:

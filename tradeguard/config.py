@@ -25,7 +25,6 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from tradeguard.errors import ConfigError
-from tradeguard.net.addresses import is_loopback as is_loopback  # noqa: PLC0414 - its callers
 from tradeguard.net.addresses import parse_server
 
 MASK = "********"

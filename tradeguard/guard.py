@@ -21,10 +21,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from tradeguard.closing import Closer
-from tradeguard.config import Config, is_loopback
+from tradeguard.config import Config
 from tradeguard.errors import PositionError
 from tradeguard.health import DnsStatus, FeedStatus, MonitorStatus
 from tradeguard.metrics import Metrics, Readings
+from tradeguard.net.addresses import is_loopback
 from tradeguard.positions import Position, Reason, Side, State, distance_pct, pnl
 from tradeguard.prices import Freshness, PriceCache, Quote
 from tradeguard.store import Store

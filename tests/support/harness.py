@@ -121,7 +121,7 @@ def tls_for(tmp_path: Path, cert_name: str) -> tuple[ssl.SSLContext, str]:
 
 @contextmanager
 def running(tmp_path: Path, *, telegram: bool = False, broker: Broker | None = None,
-            tls_cert_name: str | None = None,
+            tls_cert_name: str | None = None, broker_section: dict[str, Any] | None = None,
             **sections: dict[str, Any]) -> Iterator[Harness]:
     """Start the exchange, DNS, (Telegram) and the System; stop all of it after.
 
@@ -129,6 +129,8 @@ def running(tmp_path: Path, *, telegram: bool = False, broker: Broker | None = N
     name by a test CA, which `feed.ca_file` trusts.
     """
     lookup = SwitchableLookup()
+    if broker_section is not None:  # [broker] as config (`broker` is a Broker object)
+        sections["broker"] = broker_section
     server_ctx = None
     if tls_cert_name is not None:
         server_ctx, ca_file = tls_for(tmp_path, tls_cert_name)

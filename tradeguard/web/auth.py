@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 from flask import request
 
-from tradeguard.config import is_loopback
+from tradeguard.net.addresses import is_loopback
 from tradeguard.web.errors import ApiError
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -27,7 +27,6 @@ MIN_LENGTH = 16  # as config.MIN_API_TOKEN: a shorter saved token is not one thi
 class ApiToken:
     value: str
     path: Path | None  # the file it came from or went to; None when configured
-    created: bool = False
 
 
 def api_token(configured: str, store_path: str | Path) -> ApiToken:
@@ -44,7 +43,7 @@ def api_token(configured: str, store_path: str | Path) -> ApiToken:
     # The file, never the token: the log goes to the journal and to rotated files (D3).
     logger.warning("[API] token: generated one and saved it 0600 in %s; read it from there",
                    path)
-    return ApiToken(token, path, created=True)
+    return ApiToken(token, path)
 
 
 def read_saved(path: Path) -> str | None:

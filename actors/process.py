@@ -1,4 +1,4 @@
-"""`tradeguard run`: the service in the foreground, for systemd and supervisord.
+"""`tradeguard run`: the process in the foreground, for systemd and supervisord.
 
 SIGTERM and SIGINT stop everything in reverse order and exit 0; the supervisor
 giving up exits 70 so the process manager restarts TradeGuard clean; SIGUSR1
@@ -9,18 +9,20 @@ the tree is up and WATCHDOG=1 only while every child answers its liveness ping.
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import threading
 from types import FrameType
 
 import pykka.debug
 
-from actors import sdnotify
 from actors.system import System
-from tradeguard.config import Config, is_loopback, mask_url
+from tradeguard.config import Config, mask_url
 from tradeguard.errors import TradeGuardError
 from tradeguard.exits import EX_CONFIG, EX_OK, EX_SOFTWARE
 from tradeguard.logs import setup_logging
+from tradeguard.net.addresses import is_loopback
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ def run_service(cfg: Config) -> int:
 
     def on_liveness(ok: bool) -> None:
         if ok:
-            sdnotify.notify("WATCHDOG=1")
+            sd_notify("WATCHDOG=1")
 
     try:
         system = System(cfg, on_liveness=on_liveness)
@@ -59,13 +61,13 @@ def run_service(cfg: Config) -> int:
         if not system.wait_started(STARTUP_WAIT, stop) and not stop.is_set():
             logger.warning("Not every actor is up after %.0fs; running anyway, the supervisor "
                            "keeps restarting them", STARTUP_WAIT)
-        sdnotify.notify("READY=1")
+        sd_notify("READY=1")
         logger.info("TradeGuard running; feed %s", mask_url(cfg.feed.url))
         while not stop.wait(0.5):
             if system.supervisor.gave_up.is_set():
                 break
     finally:
-        sdnotify.notify("STOPPING=1")
+        sd_notify("STOPPING=1")
         system.stop()
     if system.supervisor.gave_up.is_set():
         logger.critical("Supervisor gave up; exiting %d so the process manager restarts us",
@@ -85,3 +87,20 @@ def _warn_if_paper(cfg: Config) -> None:
         logger.critical("[BROKER] broker.kind is \"paper\": closes are SIMULATED and no order "
                         "reaches a real broker. Real positions are NOT protected; set [broker] "
                         "kind (and url, token) to guard them.")
+
+
+def sd_notify(state: str) -> bool:
+    """Send one state line (e.g. "READY=1") to systemd; False when not under it or on error."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # abstract namespace
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as exc:
+        logger.warning("sd_notify(%s) failed: %s", state, exc)
+        return False
+    return True
