@@ -385,11 +385,17 @@ _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 def server_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
     assert len(payload) < 126
-    return bytes([(0x80 if fin else 0) | opcode, len(payload)]) + payload
+    return any_frame(opcode, payload, fin)
 
 
 class RawFeed:
-    """Accepts one WebSocket client (in a thread) and lets the test write raw bytes."""
+    """Accepts one WebSocket client (in a thread) and lets the test write raw bytes.
+
+    Hand-written because the hostile and unusual frames these tests need (several
+    in one TLS record, pings between fragments, bad UTF-8, a header that lies about
+    its length, floods of empty continuations) are exactly what a WebSocket library
+    refuses to send. It never answers a ping.
+    """
 
     def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
         self.listener = socket.create_server((IP, 0))

@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from tests.test_feed_connection import any_frame as frame
 from tradeguard.errors import FeedError
 from tradeguard.feed import Frame
 from tradeguard.feed.frames import BINARY, PING, PONG, TEXT, FrameCutter
 
 BIG = 1 << 30
-
-
-def frame(opcode: int, payload: bytes, fin: bool = True, length: int | None = None) -> bytes:
-    size = len(payload) if length is None else length
-    first = bytes([(0x80 if fin else 0) | opcode])
-    if size < 126:
-        return first + bytes([size]) + payload
-    if size < 1 << 16:
-        return first + bytes([126]) + size.to_bytes(2, "big") + payload
-    return first + bytes([127]) + size.to_bytes(8, "big") + payload
 
 
 def cutter(limit: int = 100) -> tuple[FrameCutter, list[tuple[bytes, int]]]:
