@@ -302,7 +302,7 @@ class Store:
 
     def position(self, position_id: int) -> Position | None:
         rows = self._query("SELECT * FROM positions WHERE id = ?", (position_id,))
-        return _position(rows[0]) if rows else None
+        return self._stamped(_position(rows[0])) if rows else None
 
     def live_positions(self) -> list[Position]:
         """Open, closing and close_failed positions, oldest first."""
@@ -319,7 +319,7 @@ class Store:
             " ORDER BY closed_at DESC LIMIT ?)",
             (limit,),
         )
-        return sorted((_position(r) for r in rows), key=lambda p: p.id or 0)
+        return sorted((self._stamped(_position(r)) for r in rows), key=lambda p: p.id or 0)
 
     def claim_close(self, symbol: str, reason: str) -> Position:
         """Mark a position `closing` and give it its client order id, atomically.
@@ -337,7 +337,7 @@ class Store:
                 (reason, new_client_order_id(), symbol),
             ).fetchone()
             if row is not None:
-                return _position(row)
+                return self._stamped(_position(row))
             busy = db.execute(
                 "SELECT 1 FROM positions WHERE symbol = ? AND state = 'closing'", (symbol,)
             ).fetchone()
@@ -360,7 +360,7 @@ class Store:
                 "SELECT 1 FROM positions WHERE symbol = ? AND state = 'closing'", (symbol,)
             ).fetchone()
         if row is not None:
-            return _position(row)
+            return self._stamped(_position(row))
         if busy:
             raise PositionError(f"{symbol}: a close is under way", 409)
         raise PositionError(f"{symbol}: no open position", 404)
@@ -389,7 +389,7 @@ class Store:
                 (new_client_order_id(), error, filled, filled * price, position.id,
                  position.client_order_id),
             ).fetchone()
-        return _position(row) if row is not None else None
+        return self._stamped(_position(row)) if row is not None else None
 
     def follow_holding(self, position_id: int, quantity: float) -> Position | None:
         """The broker holds less than guarded: the position's quantity follows it (SPEC §12)."""
@@ -399,7 +399,7 @@ class Store:
                 " RETURNING *",
                 (quantity, position_id),
             ).fetchone()
-        return _position(row) if row is not None else None
+        return self._stamped(_position(row)) if row is not None else None
 
     def finish_close(
         self,
@@ -431,7 +431,7 @@ class Store:
             ).fetchone()
             if row is not None:
                 _enqueue(db, alert, closed_at)
-        return _position(row) if row is not None else None
+        return self._stamped(_position(row)) if row is not None else None
 
     def fail_close(
         self, position_id: int, error: str, *, alert: Alert | None = None,
@@ -458,7 +458,7 @@ class Store:
             first = not before["failure_alerted"]
             if first:
                 _enqueue(db, alert, time.time() if now is None else now)
-        return _position(row), first and alert is not None
+        return self._stamped(_position(row)), first and alert is not None
 
     # DNS memory (serve-stale) --------------------------------------------
 
