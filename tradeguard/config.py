@@ -366,18 +366,11 @@ def _url_problems(key_name: str, url: str, schemes: tuple[str, ...]) -> list[str
     return []
 
 
-# Until tradeguard.brokers grows its KINDS registry (contract 3), the kinds it builds today.
-_REGISTRY_FALLBACKS = {"tradeguard.brokers:KINDS": ("http", "paper")}
-
-
 def registry(dotted: str) -> tuple[str, ...]:
     """The names in a registry such as "tradeguard.brokers:KINDS" (imported when asked)."""
     module_name, _, attribute = dotted.partition(":")
     # Imported here, not at the top: the registries' modules import this one.
-    names = getattr(importlib.import_module(module_name), attribute, None)
-    if names is None:
-        return _REGISTRY_FALLBACKS[dotted]
-    return tuple(sorted(names))
+    return tuple(sorted(getattr(importlib.import_module(module_name), attribute)))
 
 
 def _registry_problems(key_name: str, value: str, dotted: str) -> list[str]:
