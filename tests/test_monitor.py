@@ -78,7 +78,7 @@ def test_take_profit_and_stop_loss_in_one_batch_resolve_by_tick_order(tmp_path: 
         assert closed(h, "FIRSTSL").reason == "stop_loss"
 
 
-def test_stale_path_keeps_checking_and_a_cached_breach_closes(
+def test_stale_path_keeps_checking_and_logs_the_fallback_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
@@ -89,13 +89,20 @@ def test_stale_path_keeps_checking_and_a_cached_breach_closes(
         wait_until(lambda: h.system.services.cache.quote("BOSCHLTD", 0) is not None, 5)
         h.exchange.stop()  # the feed goes dark
         wait_until(lambda: "[FALLBACK] Using stale price for BOSCHLTD: ₹710.00" in caplog.text, 5)
-        fallback_lines = caplog.text.count("[FALLBACK] Using stale price for BOSCHLTD")
-        # The operator tightens the stop above the last (stale) price: only the cache sees it.
-        status, body = h.call("PATCH", "/api/v1/positions/BOSCHLTD", {"stop_loss": 715.0})
-        assert status == 200, body
+        status = h.system.services.monitor_status
+        first = status.last_sweep
+        assert first is not None and status.stale_symbols() == ["BOSCHLTD"]
+        # Many sweeps later (0.1 s apart), still stale, still one line and one alert.
+        wait_until(lambda: (status.last_sweep or 0.0) - first >= 0.5, 5)
+        assert caplog.text.count("[FALLBACK] Using stale price for BOSCHLTD") == 1
+        assert [a.kind for a in h.system.services.store.recent_alerts(50)].count(
+            "price_stale") == 1
+        assert h.position("BOSCHLTD").state.value == "open"
+        h.exchange.start()  # back, with a breach: checked as before
+        ready(h, "BOSCHLTD")
+        h.exchange.send_tick("BOSCHLTD", 699.0)
         position = closed(h, "BOSCHLTD")
-        assert position.reason == "stop_loss" and position.exit_price == 710.0
-        assert caplog.text.count("[FALLBACK] Using stale price for BOSCHLTD") == fallback_lines
+        assert position.reason == "stop_loss" and position.exit_price == 699.0
 
 
 def test_blind_alert_repeats_and_close_policy_closes(tmp_path: Path) -> None:
