@@ -341,3 +341,20 @@ def test_the_answer_carries_the_age_of_the_freshest_price_for_any_broker(
     assert 0.5 <= answer["price_age_seconds"] < 1.5  # type: ignore[operator]
     open_long(store, "CCC")
     assert closer.close("CCC", "emergency").as_json()["price_age_seconds"] is None
+
+
+def test_an_order_whose_answer_was_lost_is_recorded_not_taken_for_a_hand_close(
+    store: Store, server: BrokerServer, sleeps: Sleeps
+) -> None:
+    """A1: the broker holds nothing because our own order filled: its fill is recorded."""
+    broker = HttpBroker(server.url, TOKEN, 0.3, resolver=None)
+    closer = Closer(store, broker, OutboxAlerts(store), max_retries=3, sleep=sleeps)
+    open_long(store, quantity=10)
+    server.hold("AAA", "long", 10)
+    server.slow(2.0)  # the order fills, its answer comes too late
+    closed = closer.close("AAA", "stop_loss").position
+    server.slow(0)
+    assert server.order_count == 1 and server.held("AAA") == 0
+    (order,) = server.orders.values()
+    assert (closed.state, closed.reason, closed.exit_price) == (State.CLOSED, "stop_loss", 90.0)
+    assert closed.order_id == order["order_id"]

@@ -249,7 +249,7 @@ class Closer:
             try:
                 position, order = self._order(position, hint)
                 if order is None:
-                    return self._closed_at_broker(position, age)
+                    return self._nothing_held(position, age)
                 fill = self.broker.place(order)
             except BrokerRefused as exc:
                 error = str(exc)
@@ -329,6 +329,19 @@ class Closer:
                        alerts.money(result, self.currency, signed=True), fill.order_id)
         self.alerts.queued(alert)
         return CloseResult(closed, fill, age)
+
+    def _nothing_held(self, position: Position, age: float | None) -> CloseResult:
+        """The broker holds none of it: our own order whose answer was lost, or closed outside.
+
+        Raises BrokerError if the lookup fails (the attempt failed; nothing recorded).
+        """
+        assert position.client_order_id is not None
+        fill = self.broker.lookup(position.client_order_id)
+        if fill is None:
+            return self._closed_at_broker(position, age)
+        logger.warning("[CLOSE] %s: the broker had filled %s; recording it",
+                       position.symbol, position.client_order_id)
+        return self._record(position, fill, position.remaining, age)
 
     def _closed_at_broker(self, position: Position, age: float | None) -> CloseResult:
         """The broker holds nothing on this side: no order, so no reverse (SPEC §12)."""
