@@ -515,6 +515,7 @@ def test_a15_connection_health_says_the_broker_is_paper(client: FlaskClient) -> 
     broker = client.get("/api/v1/monitoring/connection-health").get_json()["broker"]
     assert broker["kind"] == "paper" and broker["paper"] is True
     assert "no order reaches a real broker" in broker["warning"]
+    assert "Paper broker: closes are simulated" in client.get("/").get_data(as_text=True)
 
 
 def test_a15_a_real_broker_carries_no_paper_warning(world: World) -> None:

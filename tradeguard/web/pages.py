@@ -20,6 +20,7 @@ from tradeguard.web.ports import GuardApi
 
 PAGE_POLICY = "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 LIVE_STATES = sorted(positions.LIVE_STATES)
+PAPER = "Paper broker: closes are simulated, no order reaches a real broker"  # as status.js
 NEAR_LEVEL_PCT = 1.0  # a level closer than this to the price is highlighted
 
 
@@ -47,6 +48,8 @@ def summary(view: dict[str, Any]) -> list[tuple[str, str]]:
         bad.append(("bad", f"Actor down: {', '.join(down)}"))
     if not view["dns"]["system_ok"]:
         bad.append(("warn", "System DNS failing"))
+    if view.get("broker", {}).get("paper"):
+        bad.append(("warn", PAPER))
     bad.sort(key=lambda item: item[0] != "bad")
     return bad or [("ok", "All systems normal")]
 

@@ -91,6 +91,8 @@
 
   // Sections ---------------------------------------------------------------------
 
+  const PAPER = "Paper broker: closes are simulated, no order reaches a real broker";
+
   function summary(view) { // as pages.summary
     const bad = [];
     if (!view.feed.connected) bad.push(["bad", "Feed disconnected"]);
@@ -109,6 +111,7 @@
     const down = Object.keys(view.actors).filter((name) => !view.actors[name].alive);
     if (down.length) bad.push(["bad", "Actor down: " + down.join(", ")]);
     if (!view.dns.system_ok) bad.push(["warn", "System DNS failing"]);
+    if (view.broker && view.broker.paper) bad.push(["warn", PAPER]);
     bad.sort((a, b) => (a[0] !== "bad") - (b[0] !== "bad"));
     return bad.length ? bad : [["ok", "All systems normal"]];
   }
