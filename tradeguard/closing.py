@@ -125,7 +125,7 @@ class Closer:
         self._reconcile_failures: dict[int, int] = {}
         self.claim_failures = 0  # claims the store could not write (A11), for health/metrics
         self.claim_failing = False  # the last claim could not be written
-        self._claim_logged = -CLAIM_LOG_EVERY
+        self._claim_logged: float | None = None  # when the last CRITICAL line was written
 
     # Who owns a close ---------------------------------------------------------
 
@@ -237,7 +237,7 @@ class Closer:
         self.claim_failures += 1
         self.claim_failing = True
         now = self._mono()
-        if now - self._claim_logged >= CLAIM_LOG_EVERY:
+        if self._claim_logged is None or now - self._claim_logged >= CLAIM_LOG_EVERY:
             self._claim_logged = now
             logger.critical("[CLOSE] cannot record the close of %s, so no order is sent: %s"
                             " (%d claims failed so far; check the disk and store.path)",
