@@ -12,6 +12,7 @@ from tradeguard.errors import PositionError, StoreError
 from tradeguard.monitoring import (
     FAILED_RETRY,
     FAILED_WARN_EVERY,
+    FOLD_STALE_OVER,
     RECONCILE,
     CloseRequest,
     Memory,
@@ -414,3 +415,19 @@ def test_A17_a_position_opened_while_the_last_close_was_in_flight_is_checked_whe
     assert rig.monitor.set_positions([new]) == []  # still in flight: not judged yet
     assert rig.feed(breach) == []
     assert rig.monitor.close_done("SYM", None, [new]) == [CloseRequest("SYM", "stop_loss", breach)]
+
+
+def test_C9_a_crowd_going_stale_together_is_one_alert_a_few_are_one_each() -> None:
+    """C9: the feed goes dark under 200 positions: one stale alert (one fsync), not 200."""
+    texts = {}
+    for count in (200, FOLD_STALE_OVER):
+        rig = Rig()
+        rig.monitor.set_positions([long(f"S{i:03d}", id=i) for i in range(count)])
+        for i in range(count):
+            rig.tick(f"S{i:03d}", 100.0)
+        rig.clock.step(STALE + 1)
+        result = rig.sweep()
+        assert len(result.stale) == count
+        texts[count] = [a.text for a in result.alerts if a.kind == "price_stale"]
+    assert len(texts[200]) == 1 and "200 positions: price stale" in texts[200][0]
+    assert len(texts[FOLD_STALE_OVER]) == FOLD_STALE_OVER

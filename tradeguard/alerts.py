@@ -143,6 +143,17 @@ PriceSeen = tuple[str, float | None, float | None]  # symbol, last price, its ag
 MAX_LISTED = 25  # symbols named in one folded alert; a phone screen, not a report
 
 
+def prices_stale(stale: list[tuple[str, float, float]], currency: str = "₹") -> Alert:
+    """Many positions' prices gone stale in one sweep (the feed went dark): one alert."""
+    return _alert(
+        "price_stale", Severity.WARNING,
+        f"{len(stale)} positions: price stale",
+        "Last prices: " + _listed([_seen(s, currency) for s in stale]),
+        "Stops are still checked on them; if they get too old the positions are blind"
+        " and you get a critical alert.",
+    )
+
+
 def _seen(seen: PriceSeen, currency: str) -> str:
     symbol, price, age = seen
     if price is None or age is None:

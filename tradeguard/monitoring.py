@@ -48,6 +48,7 @@ FAILED_WARN_EVERY = 300.0  # one warning per close_failed position this often, n
 RECENT_SECONDS = 5.0  # how long ticks are kept to check positions learnt about late
 RECENT_TICKS = 50_000  # ... and at most this many (a few seconds of a busy feed)
 STUCK_CLOSING = 300.0  # a `closing` position nobody here owns is reconciled after this
+FOLD_STALE_OVER = 5  # more positions going stale in one sweep than this: one alert for all
 
 Key = tuple[str, int | None]  # a position: its symbol and store id (a later one differs)
 
@@ -108,6 +109,7 @@ class _Sweep:
     result: SweepResult = field(default_factory=SweepResult)
     blind: list[tuple[Position, Quote | None]] = field(default_factory=list)
     priced: list[tuple[str, float, float]] = field(default_factory=list)
+    stale: list[tuple[str, float, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -276,6 +278,7 @@ class Monitor:
                 self._retry_failed(position, now, sweep.result)
             elif position.state is State.OPEN:
                 self._check(position, quote_of(symbol), sweep)
+        self._stale_alerts(sweep)
         self._blind_alerts(sweep.blind, now, sweep.result)
         if sweep.priced:
             sweep.result.alerts.append(
@@ -297,7 +300,7 @@ class Monitor:
         since = self.memory.blind_since.pop(key(position), None)
         if since is not None:
             sweep.priced.append((position.symbol, quote.price, sweep.now - since))
-        self._note_freshness(position, quote, result)
+        self._note_freshness(position, quote, sweep)
         reason = trigger(position, quote.price)
         if reason is not None:
             logger.warning("[MONITOR] %s at cached %.4f (%.1fs old) crosses its %s",
@@ -311,19 +314,27 @@ class Monitor:
         opened = self.memory.started if position.opened_mono is None else position.opened_mono
         return now - opened < self.settings.stale_after
 
-    def _note_freshness(self, position: Position, quote: Quote, result: SweepResult) -> None:
+    def _note_freshness(self, position: Position, quote: Quote, sweep: _Sweep) -> None:
         if quote.freshness is not Freshness.STALE:
             self.memory.stale.discard(key(position))
             return
-        result.stale.add(position.symbol)
+        sweep.result.stale.add(position.symbol)
         if key(position) in self.memory.stale:
             return
         self.memory.stale.add(key(position))
-        currency = self.settings.currency
         logger.warning("[FALLBACK] Using stale price for %s: %s%.2f (%.1fs old)",
-                       position.symbol, currency, quote.price, quote.age)
-        result.alerts.append(alerts.price_stale(position.symbol, quote.price, quote.age,
-                                                currency=currency))
+                       position.symbol, self.settings.currency, quote.price, quote.age)
+        sweep.stale.append((position.symbol, quote.price, quote.age))
+
+    def _stale_alerts(self, sweep: _Sweep) -> None:
+        # One alert each for a few; a feed outage staling a crowd at once is one
+        # alert, so one sweep never writes (and fsyncs) hundreds of outbox rows.
+        currency = self.settings.currency
+        if len(sweep.stale) > FOLD_STALE_OVER:
+            sweep.result.alerts.append(alerts.prices_stale(sweep.stale, currency))
+            return
+        sweep.result.alerts += [alerts.price_stale(symbol, price, age, currency)
+                                for symbol, price, age in sweep.stale]
 
     def _blind_alerts(self, blind: list[tuple[Position, Quote | None]], now: float,
                       result: SweepResult) -> None:
