@@ -75,33 +75,19 @@ class System:
     ) -> None:
         self.cfg = cfg
         self.api_token = api_token(cfg.api.token, cfg.store.path).value
-        store = Store(cfg.store.path)
-        metrics = Metrics()
-        metrics.add_process()
-        cache = PriceCache(cfg.prices.stale_warning_threshold, cfg.prices.cache_timeout)
-        resolver = Resolver(
-            list(cfg.dns.fallback_servers), cfg.dns.timeout, cfg.dns.system_head_start,
-            cfg.dns.serve_stale, memory=store, system=system_lookup,
-            observer=metrics.dns_observer,
-        )
-        sink = OutboxAlerts(store, on_enqueued=self._kick_notifier)
-
-        def quote(symbol: str) -> Quote | None:
-            return cache.quote(symbol, time.monotonic())
-
-        broker = broker or make_broker(cfg, quote=quote, resolver=resolver)
-        closer = Closer(
-            store, broker, sink, max_retries=cfg.monitor.max_close_retries, quote=quote,
-            currency=cfg.display.currency,
-            observe=lambda reason, result: metrics.position_closes.labels(
-                reason=reason, result=result).inc(),
-        )
         self.supervisor = Supervisor(
             cfg.supervisor, self._make_context, on_restart=self._on_restart,
             on_give_up=self._on_give_up, on_liveness=on_liveness,
         )
         for name, actor_cls in CHILDREN:
             self.supervisor.add(ChildSpec(name, _factory(actor_cls)))
+        store, metrics = Store(cfg.store.path), Metrics()
+        metrics.add_process()
+        cache = PriceCache(cfg.prices.stale_warning_threshold, cfg.prices.cache_timeout)
+        resolver = _resolver(cfg, store, metrics, system_lookup)
+        sink = OutboxAlerts(store, on_enqueued=self._kick_notifier)
+        broker, closer = _closer(cfg, store, cache, resolver=resolver, sink=sink,
+                                 metrics=metrics, broker=broker)
         statuses = Statuses(FeedStatus(), DnsStatus(), MonitorStatus())
         self.guard = Guard(
             cfg, store=store, cache=cache, closer=closer, metrics=metrics, statuses=statuses,
@@ -188,6 +174,32 @@ class System:
     def _on_give_up(self, name: str, restarts: int) -> None:
         self.services.alerts.alert(alerts.supervisor_gave_up(
             name, restarts, self.cfg.supervisor.within_seconds))
+
+
+def _resolver(cfg: Config, store: Store, metrics: Metrics,
+              system_lookup: SystemLookup | None) -> Resolver:
+    dns = cfg.dns
+    return Resolver(list(dns.fallback_servers), dns.timeout, dns.system_head_start,
+                    dns.serve_stale, memory=store, system=system_lookup,
+                    observer=metrics.dns_observer)
+
+
+def _closer(cfg: Config, store: Store, cache: PriceCache, *, resolver: Resolver,
+            sink: OutboxAlerts, metrics: Metrics, broker: Broker | None,
+            ) -> tuple[Broker, Closer]:
+    """The broker `broker.kind` names (unless a test gives one) and the Closer over it."""
+
+    def quote(symbol: str) -> Quote | None:
+        return cache.quote(symbol, time.monotonic())
+
+    broker = broker or make_broker(cfg, quote=quote, resolver=resolver)
+    closer = Closer(
+        store, broker, sink, max_retries=cfg.monitor.max_close_retries, quote=quote,
+        currency=cfg.display.currency,
+        observe=lambda reason, result: metrics.position_closes.labels(
+            reason=reason, result=result).inc(),
+    )
+    return broker, closer
 
 
 def _factory(actor_cls: type[Any]) -> Callable[[ChildContext], pykka.ActorRef[Any]]:

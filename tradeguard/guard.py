@@ -140,7 +140,7 @@ class Guard:
 
     def open_position(self, request: Position) -> dict[str, Any]:
         """Open a checked position; PositionError 409 if its symbol has a live one."""
-        stamped = replace(request, opened_at=self._clock(), opened_mono=self._mono())
+        stamped = replace(request, opened_at=self._clock())  # the store stamps opened_mono
         position = self._store.add_position(stamped)
         self._actors.positions_changed(position.symbol)
         logger.info("[POSITION] opened %s %s x%s at %s (SL %s, TP %s)", position.side,
