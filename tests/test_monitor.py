@@ -14,6 +14,7 @@ from tests.support.harness import Harness, running
 from tests.support.waiting import wait_until
 from tradeguard.brokers import CloseOrder, Fill, PaperBroker
 from tradeguard.errors import BrokerError
+from tradeguard.positions import Position, Side
 
 
 def ready(h: Harness, symbol: str) -> None:
@@ -247,3 +248,17 @@ def test_A14_a_mass_stop_out_closes_in_parallel(tmp_path: Path) -> None:
         h.exchange.send_ticks([(symbol, 85.0) for symbol in symbols])
         for symbol in symbols:
             assert closed(h, symbol).reason == "stop_loss"
+
+
+def test_A17_a_breach_before_the_monitor_knows_the_position_still_closes(tmp_path: Path) -> None:
+    """A17: the position is in the store, the monitor not yet told; a one-tick breach comes.
+
+    The old monitor checked that batch against its old map (no such position),
+    and by the time it reloaded, the price was back inside: the stop was missed.
+    """
+    with running(tmp_path, feed={"symbols": ["GAP"]}) as h:
+        ready(h, "GAP")
+        store = h.system.services.store
+        store.add_position(Position("GAP", Side.LONG, 4, 100.0, 90.0, None, opened_at=0.0))
+        h.exchange.send_ticks([("GAP", 85.0), ("GAP", 100.0)])
+        assert closed(h, "GAP").reason == "stop_loss"
