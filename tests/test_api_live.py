@@ -559,3 +559,15 @@ def test_c6_a_dead_serving_thread_restarts_the_api_actor(live: Harness) -> None:
     assert "serving thread died" in live.system.supervisor.status()["ApiActor"]["last_failure"]
     assert live.system.wait_started(10)
     assert quick_get(live.system.api_port, "/healthz") == 200
+
+
+def test_d2_waitress_passes_the_host_header_to_the_allow_list(live: Harness) -> None:
+    """D2 on the wire: a rebound name is refused, loopback spelled any way is answered."""
+    port = live.system.api_port
+    for host, code in (("evil.example", 421), (f"127.0.0.1:{port}", 200),
+                       (f"localhost:{port}", 200), (f"[::1]:{port}", 200)):
+        head = f"GET /api/v1/positions HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        answer = raw(port, head.encode())
+        assert answer.status == code, (host, answer.text)
+        if code == 421:
+            assert_error(answer, 421, "host")

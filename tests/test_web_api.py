@@ -21,6 +21,7 @@ from werkzeug.test import TestResponse
 from tests.conftest import GUARD_TOKEN, World
 from tradeguard.guard import Guard
 from tradeguard.health import ServerHealth
+from tradeguard.logs import OneLineFormatter
 from tradeguard.web.app import MAX_BODY_BYTES, create_app
 from tradeguard.web.auth import FailureLimit
 from tradeguard.web.errors import INTERNAL_ERROR, LogBudget
@@ -787,3 +788,11 @@ def test_c5_a_close_beyond_the_slots_is_503_at_once(guard: Guard, world: World) 
     assert_error(resp, 503, "under way")
     assert resp.headers["Retry-After"] == "1"
     assert positions(client)["BOSCHLTD"]["state"] == "open"
+
+
+def test_d1_the_log_formatter_keeps_one_event_on_one_line() -> None:
+    """D1: whatever a caller logs, the line it writes cannot start another."""
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "symbol %s", ("A\nB\r\u2028C",),
+                               None)
+    text = OneLineFormatter("%(message)s").format(record)
+    assert text == "symbol A\\x0aB\\x0d\\u2028C"
