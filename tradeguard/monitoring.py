@@ -183,12 +183,14 @@ class Monitor:
                 if p.state is State.CLOSING and p.symbol not in self._in_flight]
 
     def _replay(self, position: Position) -> CloseRequest | None:
+        if position.symbol in self._in_flight:
+            return None  # judged when that close ends (close_done)
         since = judged_from(position)
         for batch in self._recent:
             for tick in batch:
                 if tick.symbol == position.symbol and tick.received_at >= since:
                     reason = trigger(position, tick.price)
-                    if reason is not None and position.symbol not in self._in_flight:
+                    if reason is not None:
                         logger.warning("[MONITOR] %s crossed its %s at %.4f before the monitor"
                                        " knew it", position.symbol, reason, tick.price)
                         return self._request(position.symbol, reason, tick)
@@ -274,7 +276,9 @@ class Monitor:
                 continue
             if position.state is State.CLOSING:
                 self._watch_closing(position, now, sweep.result)
-            elif position.state is State.CLOSE_FAILED:
+                continue
+            self._closing_since.pop(key(position), None)
+            if position.state is State.CLOSE_FAILED:
                 self._retry_failed(position, now, sweep.result)
             elif position.state is State.OPEN:
                 self._check(position, quote_of(symbol), sweep)
