@@ -796,3 +796,11 @@ def test_d1_the_log_formatter_keeps_one_event_on_one_line() -> None:
                                None)
     text = OneLineFormatter("%(message)s").format(record)
     assert text == "symbol A\\x0aB\\x0d\\u2028C"
+
+
+def test_d6_the_failure_table_stays_bounded_under_a_flood_of_addresses() -> None:
+    limit = FailureLimit(allowed=1, window=60.0, clock=lambda: 0.0)
+    for n in range(10_000):
+        limit.failed(f"10.0.{n // 256}.{n % 256}")
+    assert len(limit._clients) <= 4096
+    assert limit.blocked_for("10.0.39.15") > 0  # the newest are still remembered

@@ -109,8 +109,12 @@ class FailureLimit:
                 self._forget_before(now - self.window)
 
     def _forget_before(self, cutoff: float) -> None:
-        for client in [c for c, (start, _) in self._clients.items() if start < cutoff]:
+        """Drop windows that ended; past the cap, the oldest go too (a flood of addresses)."""
+        by_age = sorted(self._clients, key=lambda c: self._clients[c][0])
+        for client in [c for c in by_age if self._clients[c][0] < cutoff]:
             del self._clients[client]
+        for client in by_age[:max(0, len(self._clients) - MAX_TRACKED_CLIENTS // 2)]:
+            self._clients.pop(client, None)
 
 
 class Gate:
