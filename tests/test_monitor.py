@@ -262,3 +262,25 @@ def test_A17_a_breach_before_the_monitor_knows_the_position_still_closes(tmp_pat
         store.add_position(Position("GAP", Side.LONG, 4, 100.0, 90.0, None, opened_at=0.0))
         h.exchange.send_ticks([("GAP", 85.0), ("GAP", 100.0)])
         assert closed(h, "GAP").reason == "stop_loss"
+
+
+def test_E2_a_monitor_restart_does_not_repeat_the_stale_alert(tmp_path: Path) -> None:
+    """E2: the monitor's alert memory is the system's; a new incarnation remembers the crossing."""
+    with running(tmp_path, prices={"stale_warning_threshold": 0.3, "cache_timeout": 60},
+                 feed={"silence_timeout": 60.0}) as h:
+        open_pos(h, "AAA", "long", 100.0, 90.0, None)
+        h.exchange.send_tick("AAA", 100.0)
+        store = h.system.services.store
+
+        def stale_alerts() -> int:
+            return [a.kind for a in store.recent_alerts(50)].count("price_stale")
+
+        wait_until(lambda: stale_alerts() == 1, 5)
+        h.system.inject_fault("MonitorActor", "crash")
+        wait_until(lambda: h.system.supervisor.status()["MonitorActor"]["restarts"] >= 1
+                   and h.system.supervisor.all_up(), 10)
+        status = h.system.services.monitor_status
+        swept = status.last_sweep or 0.0
+        wait_until(lambda: (status.last_sweep or 0.0) - swept >= 0.5, 5)  # the new one swept
+        assert status.stale_symbols() == ["AAA"]
+        assert stale_alerts() == 1
