@@ -39,6 +39,7 @@ class CacheActor(GuardActor):
                                               wall_now=time.time()))
             if loaded:
                 logger.info("[CACHE] Reloaded %d cached prices from the store", loaded)
+        self._forget()  # at once: what eviction spares is known from the start
         self._stale = StaleTracker(cache.snapshot(time.monotonic()))
         self.every("persist", PERSIST_EVERY)
 

@@ -11,6 +11,9 @@ import pytest
 from actors.system import System
 from tests.support.harness import Harness, SwitchableLookup, running
 from tests.support.waiting import wait_until
+from tradeguard.positions import Position, Side
+from tradeguard.prices import Tick
+from tradeguard.store import Store
 
 
 def outbox_kinds(h: Harness) -> list[str]:
@@ -78,3 +81,17 @@ def test_system_dns_down_and_back_alert_once_each(tmp_path: Path) -> None:
         assert outbox_kinds(h).count("dns_back") == 1
         assert h.system.services.metrics.registry.get_sample_value(
             "tradeguard_dns_server_up", {"server": server}) == 0
+
+
+def test_C14_prices_nobody_holds_are_forgotten_in_the_cache_and_the_store(tmp_path: Path) -> None:
+    """C14: a long-dead symbol's price is not reloaded for ever; a held one stays."""
+    store = Store(tmp_path / "tradeguard.db")
+    wall = time.time()
+    store.save_prices([Tick("GONE", 5.0, wall - 1000.0), Tick("KEPT", 7.0, wall - 1000.0)])
+    store.add_position(Position("KEPT", Side.LONG, 1, 10.0, 5.0, None, opened_at=wall))
+    store.close()
+    with running(tmp_path) as h:
+        cache, store = h.system.services.cache, h.system.services.store
+        assert cache.quote("GONE", time.monotonic()) is None
+        assert cache.quote("KEPT", time.monotonic()) is not None  # unusable, but held
+        wait_until(lambda: [t.symbol for t in store.load_prices()] == ["KEPT"], 5)
