@@ -35,6 +35,23 @@ def run_service(cfg: Config) -> int:
         logger.error("api.host %s is not loopback: set api.token (or TRADEGUARD_API_TOKEN) "
                      "before exposing the close endpoint", cfg.api.host)
         return EX_CONFIG
+    stop = _stop_on_signals()
+    try:
+        system = System(cfg, on_liveness=_watchdog)
+    except TradeGuardError as exc:
+        logger.error("Cannot start: %s", exc)
+        return EX_CONFIG
+    _warn_if_paper(cfg)
+    try:
+        _run(system, stop)
+    finally:
+        sd_notify("STOPPING=1")
+        system.stop()
+    return _exit_code(system)
+
+
+def _stop_on_signals() -> threading.Event:
+    """SIGTERM / SIGINT set the returned event; SIGUSR1 logs every thread's stack."""
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -44,31 +61,29 @@ def run_service(cfg: Config) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGUSR1, pykka.debug.log_thread_tracebacks)
+    return stop
 
-    def on_liveness(ok: bool) -> None:
-        if ok:
-            sd_notify("WATCHDOG=1")
 
-    try:
-        system = System(cfg, on_liveness=on_liveness)
-    except TradeGuardError as exc:
-        logger.error("Cannot start: %s", exc)
-        return EX_CONFIG
-    _warn_if_paper(cfg)
-    try:
-        system.start()
-        # READY=1 means every child has finished starting, not merely been started.
-        if not system.wait_started(STARTUP_WAIT, stop) and not stop.is_set():
-            logger.warning("Not every actor is up after %.0fs; running anyway, the supervisor "
-                           "keeps restarting them", STARTUP_WAIT)
-        sd_notify("READY=1")
-        logger.info("TradeGuard running; feed %s", mask_url(cfg.feed.url))
-        while not stop.wait(0.5):
-            if system.supervisor.gave_up.is_set():
-                break
-    finally:
-        sd_notify("STOPPING=1")
-        system.stop()
+def _watchdog(ok: bool) -> None:
+    """WATCHDOG=1 only after a liveness round in which every child answered."""
+    if ok:
+        sd_notify("WATCHDOG=1")
+
+
+def _run(system: System, stop: threading.Event) -> None:
+    system.start()
+    # READY=1 means every child has finished starting, not merely been started.
+    if not system.wait_started(STARTUP_WAIT, stop) and not stop.is_set():
+        logger.warning("Not every actor is up after %.0fs; running anyway, the supervisor "
+                       "keeps restarting them", STARTUP_WAIT)
+    sd_notify("READY=1")
+    logger.info("TradeGuard running; feed %s", mask_url(system.cfg.feed.url))
+    while not stop.wait(0.5):
+        if system.supervisor.gave_up.is_set():
+            return
+
+
+def _exit_code(system: System) -> int:
     if system.supervisor.gave_up.is_set():
         logger.critical("Supervisor gave up; exiting %d so the process manager restarts us",
                         EX_SOFTWARE)
