@@ -355,8 +355,10 @@ class Monitor:
         else:
             return
         memory.blind_alerted = now
-        logger.critical("[MONITOR] blind, no usable price: %s",
-                        ", ".join(sorted(p.symbol for p, _ in blind)))
+        names = sorted(p.symbol for p, _ in blind)
+        logger.critical("[MONITOR] blind, no usable price: %d position(s): %s%s", len(names),
+                        ", ".join(names[:alerts.MAX_LISTED]),
+                        " ..." if len(names) > alerts.MAX_LISTED else "")
         result.alerts.append(alert)
 
     def _retry_failed(self, position: Position, now: float, result: SweepResult) -> None:
