@@ -17,11 +17,10 @@ from tradeguard.config import (
     config_from_mapping,
     load_config,
     masked,
-    parse_server,
     render_toml,
 )
 from tradeguard.errors import ConfigError
-from tradeguard.net.addresses import is_loopback
+from tradeguard.net.addresses import is_loopback, parse_server
 
 # SPEC §3, key by key. Written out rather than read from the dataclasses so that a
 # changed default is a failing test, not a silently changed contract.

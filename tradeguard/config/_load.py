@@ -1,0 +1,272 @@
+"""Reading a configuration: TOML, then TRADEGUARD_* overrides, then every rule at once."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import math
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from tradeguard.config._schema import Config, _keys, _rules, _sections
+from tradeguard.errors import ConfigError
+from tradeguard.net.addresses import parse_server
+
+ENV_PREFIX = "TRADEGUARD_"
+
+logger = logging.getLogger("tradeguard.config")
+
+
+def _base(kind: Any) -> Any:
+    """The plain type behind a field's annotation: a Literal of strings is a str."""
+    return str if typing.get_origin(kind) is Literal else kind
+
+
+def _type_name(kind: Any) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(
+        _base(kind), "a list of strings"
+    )
+
+
+def _coerce(value: Any, kind: Any) -> Any:
+    """Check a TOML value against a field type; raise ValueError if it does not fit."""
+    kind = _base(kind)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return _finite(value)
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ValueError(f"must be {_type_name(kind)}, got {type(value).__name__} {value!r}")
+
+
+def _finite(value: float) -> float:
+    try:
+        number = float(value)
+    except OverflowError:  # TOML integers are unbounded
+        raise ValueError("must be a finite number") from None
+    if not math.isfinite(number):
+        raise ValueError("must be a finite number")
+    return number
+
+
+def _from_env_text(text: str, kind: Any) -> Any:
+    """Parse an environment variable's text as the field type wants."""
+    text, kind = text.strip(), _base(kind)
+    if kind is bool:
+        lowered = text.lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off"}:
+            return False
+        raise ValueError(f"must be true or false, got {text!r}")
+    if kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            raise ValueError(f"must be {_type_name(kind)}, got {text!r}") from None
+    if kind is str:
+        return text
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    match = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _merge_env(
+    raw: dict[str, dict[str, Any]], env: Mapping[str, str], problems: list[str]
+) -> None:
+    """Apply TRADEGUARD_<SECTION>_<KEY> variables to `raw`.
+
+    A variable whose name starts with no section (TRADEGUARD_HOME, _VERSION:
+    a deployment tool's own) is not ours: a warning, not a refusal to start
+    (finding C13). One that names a section but no key of it is an error.
+    """
+    sections = _sections()
+    for name, text in sorted(env.items()):
+        if not name.startswith(ENV_PREFIX) or name == "TRADEGUARD_CONFIG":
+            continue
+        rest = name[len(ENV_PREFIX):].lower()
+        section = next((s for s in sections if rest.startswith(s + "_")), None)
+        if section is None:
+            guess = rest.partition("_")[0]
+            logger.warning("%s: ignored, no config section %r%s", name, guess,
+                           _suggest(guess, list(sections)))
+            continue
+        _merge_one(raw, name, section, rest[len(section) + 1:], text=text, problems=problems)
+
+
+def _merge_one(raw: dict[str, dict[str, Any]], name: str, section: str, key_name: str, *,
+               text: str, problems: list[str]) -> None:
+    keys = _keys(_sections()[section])
+    if key_name not in keys:
+        problems.append(f"{name}: {section} has no key {key_name!r}"
+                        f"{_suggest(key_name, list(keys))}")
+        return
+    table = raw.setdefault(section, {})
+    if not isinstance(table, dict):
+        return  # _build reports the section that is not a table
+    try:
+        table[key_name] = _from_env_text(text, keys[key_name])
+    except ValueError as exc:
+        detail = f"must be {_type_name(keys[key_name])}" if _is_secret(section, key_name) \
+            else str(exc)
+        problems.append(f"{section}.{key_name} (from {name}): {detail}")
+
+
+def _is_secret(section: str, key_name: str) -> bool:
+    return _rules(_sections()[section])[key_name].secret
+
+
+def _build(raw: Mapping[str, Any], problems: list[str]) -> Config:
+    sections = _sections()
+    built: dict[str, Any] = {}
+    for section, table in raw.items():
+        if section not in sections:
+            problems.append(f"[{section}]: unknown section{_suggest(section, list(sections))}")
+            continue
+        if not isinstance(table, dict):
+            problems.append(f"[{section}]: must be a table of keys")
+            continue
+        built[section] = sections[section](**_section_values(section, table, problems))
+    return Config(**built)
+
+
+def _section_values(section: str, table: Mapping[str, Any], problems: list[str]) -> dict[str, Any]:
+    keys = _keys(_sections()[section])
+    values: dict[str, Any] = {}
+    for key_name, value in table.items():
+        if key_name not in keys:
+            problems.append(f"{section}.{key_name}: unknown key{_suggest(key_name, list(keys))}")
+            continue
+        try:
+            values[key_name] = _coerce(value, keys[key_name])
+        except ValueError as exc:
+            # the error text quotes the value, which a secret's must never be
+            detail = f"must be {_type_name(keys[key_name])}" if _is_secret(section, key_name) \
+                else str(exc)
+            problems.append(f"{section}.{key_name}: {detail}")
+    return values
+
+
+def _literal_problems(key_name: str, value: Any, kind: Any) -> list[str]:
+    if typing.get_origin(kind) is not Literal or value in typing.get_args(kind):
+        return []
+    return [f"{key_name}: must be {' or '.join(repr(a) for a in typing.get_args(kind))}"]
+
+
+def _check_fields(cfg: Config, problems: list[str]) -> None:
+    """Every key's own Rule (and Literal), section by section."""
+    for section, cls in _sections().items():
+        values, kinds = getattr(cfg, section), _keys(cls)
+        for key_name, rule in _rules(cls).items():
+            value, where = getattr(values, key_name), f"{section}.{key_name}"
+            if rule.registry:
+                problems += rule.problems(where, value)
+                continue
+            problems += _literal_problems(where, value, kinds[key_name]) or \
+                rule.problems(where, value)
+
+
+def _check_relations(cfg: Config, problems: list[str]) -> None:
+    """The rules between keys, and those a single Rule cannot say."""
+    feed, sup = cfg.feed, cfg.supervisor
+    rules = [
+        (feed.ping_timeout >= feed.ping_interval,
+         "feed.ping_timeout: must be less than feed.ping_interval"),
+        (feed.reconnect_initial_delay > feed.reconnect_max_delay,
+         "feed.reconnect_initial_delay: must not exceed feed.reconnect_max_delay"),
+        (cfg.prices.stale_warning_threshold > cfg.prices.cache_timeout,
+         "prices.stale_warning_threshold: must not exceed prices.cache_timeout"),
+        (cfg.broker.kind == "http" and not cfg.broker.url,
+         "broker.url: must be a http:// or https:// URL"),
+        (bool(cfg.telegram.bot_token) and not cfg.telegram.chat_id,
+         "telegram.chat_id: required when telegram.bot_token is set"),
+        (not cfg.store.path, "store.path: must not be empty"),
+        (cfg.store.path == ":memory:",
+         "store.path: ':memory:' is not durable: positions and close claims must survive "
+         "a restart (give a file path)"),
+        (sup.restart_backoff_min > sup.restart_backoff_max,
+         "supervisor.restart_backoff_min: must not exceed restart_backoff_max"),
+        (sup.liveness_timeout >= sup.liveness_interval,
+         "supervisor.liveness_timeout: must be less than liveness_interval"),
+    ]
+    problems += [text for broken, text in rules if broken]
+    if not cfg.telegram.api_base:
+        problems.append("telegram.api_base: must be a http:// or https:// URL")
+    if feed.ca_file and not Path(feed.ca_file).is_file():
+        problems.append(f"feed.ca_file: no such file {feed.ca_file!r}")
+    for server in cfg.dns.fallback_servers:
+        try:
+            parse_server(server)
+        except ValueError:
+            problems.append(f"dns.fallback_servers: {server!r} is not an ip or ip:port")
+
+
+def config_from_mapping(
+    raw: Mapping[str, Any], env: Mapping[str, str] | None = None, *, require_feed: bool = False,
+    base_dir: str | Path | None = None,
+) -> Config:
+    """Validate a parsed TOML mapping (plus environment overrides) into a Config.
+
+    A relative `store.path` is made absolute against `base_dir` (the config
+    file's folder, when there is one), so the store does not move with the
+    directory TradeGuard happens to be started from (finding B3).
+    """
+    problems: list[str] = []
+    merged: dict[str, Any] = {
+        k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()
+    }
+    _merge_env(merged, env if env is not None else {}, problems)
+    cfg = _build(merged, problems)
+    _check_fields(cfg, problems)
+    _check_relations(cfg, problems)
+    if require_feed and not cfg.feed.url:
+        problems.append("feed.url: required (a ws:// or wss:// URL)")
+    if problems:
+        raise ConfigError(problems)
+    return cfg if base_dir is None else _anchor_store(cfg, Path(base_dir))
+
+
+def _anchor_store(cfg: Config, base_dir: Path) -> Config:
+    path = Path(cfg.store.path).expanduser()
+    if path.is_absolute():
+        return cfg
+    return cfg.replace("store", path=str((base_dir / path).absolute()))
+
+
+def load_config(
+    path: str | Path | None,
+    env: Mapping[str, str] | None = None,
+    *,
+    require_feed: bool = False,
+) -> Config:
+    """Read, merge and validate a configuration; raise ConfigError with every problem."""
+    environ = os.environ if env is None else env
+    if path is None:
+        path = environ.get("TRADEGUARD_CONFIG")
+    raw: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from exc
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError([f"{path}: not valid TOML ({exc})"]) from exc
+    base_dir = Path(path).absolute().parent if path else None
+    return config_from_mapping(raw, environ, require_feed=require_feed, base_dir=base_dir)
