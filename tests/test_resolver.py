@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tradeguard.errors import ResolverError
+from tradeguard.net.addresses import bad_reason
 from tradeguard.net.resolver import MAX_PENDING_SYSTEM, MAX_TTL, MIN_TTL, Resolution, Resolver
 from tradeguard.sim.dns_server import DnsServer
 from tradeguard.store import Store
@@ -463,3 +464,10 @@ def test_a10_a_poisoned_stored_address_is_not_served_stale(
 
     with pytest.raises(ResolverError, match="no last known address"):
         make.resolve(PUBLIC)
+
+
+def test_an_ip_literal_written_as_the_host_is_never_a_bad_answer() -> None:
+    """A10/D5 apply to answers for names: 127.0.0.1 asked of the system resolver is itself."""
+    assert bad_reason("127.0.0.1", "127.0.0.1") is None
+    assert bad_reason("10.1.2.3", "10.1.2.3") is None
+    assert bad_reason("0.0.0.0", "0.0.0.0") == "unspecified"

@@ -39,7 +39,7 @@ def bad_reason(host: str, address: str) -> str | None:
         return "not an IP address"
     rules = [("unspecified", ip.is_unspecified), ("multicast", ip.is_multicast),
              ("broadcast", ip == _BROADCAST)]
-    if not is_reserved_name(host):
+    if not (is_reserved_name(host) or is_ip(host)):  # an IP literal is what the operator wrote
         rules += [("loopback, for a public name", ip.is_loopback),
                   ("link-local, for a public name", ip.is_link_local),
                   ("private, for a public name", ip.is_private)]
