@@ -179,7 +179,10 @@ def test_dns_metrics_follow_the_resolver_ladder(live: Harness) -> None:
 
     live.lookup.answers["feed.tradeguard.test"] = ["127.0.0.1"]
     live.lookup.mode = "answer"
-    live.exchange.restart()  # the feed reconnects and resolves again, by the system this time
+    # Answers are cached for their TTL (SPEC §4): let the fallback's answer expire,
+    # so the reconnect resolves again, by the system this time.
+    live.system.services.resolver.forget("feed.tradeguard.test")
+    live.exchange.restart()
     value_becomes(live, "tradeguard_dns_resolutions_total", 1, via="system", result="ok")
     live.system.services.handles["DnsHealthActor"].tell(Kick("test"))
     value_becomes(live, "tradeguard_dns_server_up", 1, server="system")
