@@ -90,7 +90,7 @@ def test_silence_is_no_byte_at_all_for_the_timeout(clock: Clock) -> None:
 def test_a_backward_wall_clock_step_changes_nothing(
     clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A4 (contract 1): the watchdog reads only its monotonic clock, never time.time()."""
+    """A4: the watchdog reads only its monotonic clock, never time.time()."""
     w = dog(clock)
     clock.now += 10.0
     assert w.ping_due()

@@ -131,7 +131,7 @@ class Guard:
         self._status = statuses
         self._actors = actors
         self._clock = clock  # wall time: what is stored or shown
-        self._mono = mono  # price ages (contract 1: the cache ages on monotonic time)
+        self._mono = mono  # price ages: the cache ages prices on the monotonic clock
 
     # Operations --------------------------------------------------------------
 

@@ -72,11 +72,6 @@ class Resolution:
     via: str
     ttl: float = field(default=MIN_TTL, compare=False)
 
-    @property
-    def address(self) -> str:
-        """The first address; for callers not yet trying them all."""
-        return self.addresses[0]
-
 
 @dataclass(frozen=True)
 class Answer:
