@@ -44,6 +44,11 @@ SPEC_DEFAULTS: dict[str, dict[str, Any]] = {
         "max_per_minute": 20,
     },
     "store": {"path": "tradeguard.db"},
+    "market": {
+        "timezone": "Asia/Kolkata", "default_exchange": "", "holidays": [], "square_off": "",
+        "sessions": {"NSE": "09:15-15:30", "BSE": "09:15-15:30", "NFO": "09:15-15:30",
+                     "BFO": "09:15-15:30", "CDS": "09:00-17:00", "MCX": "09:00-23:30"},
+    },
     "supervisor": {
         "max_restarts": 5, "within_seconds": 30, "restart_backoff_min": 0.1,
         "restart_backoff_max": 5.0, "liveness_interval": 5.0, "liveness_timeout": 2.0,
@@ -104,6 +109,20 @@ max_per_minute = 20
 
 [store]
 path = "tradeguard.db"
+
+[market]
+timezone = "Asia/Kolkata"
+default_exchange = ""
+holidays = []
+square_off = ""
+
+[market.sessions]
+NSE = "09:15-15:30"
+BSE = "09:15-15:30"
+NFO = "09:15-15:30"
+BFO = "09:15-15:30"
+CDS = "09:00-17:00"
+MCX = "09:00-23:30"
 
 [supervisor]
 max_restarts = 5

@@ -26,6 +26,7 @@ from tradeguard.config._schema import (
     DnsConfig,
     FeedConfig,
     FeedProtocolName,
+    MarketConfig,
     MonitorConfig,
     PricesConfig,
     StoreConfig,
@@ -37,7 +38,7 @@ from tradeguard.config._show import masked, render_toml
 __all__ = [
     "ENV_PREFIX", "MASK", "MAX_CLOSE_RETRIES", "MIN_API_TOKEN", "ApiConfig", "BlindPolicy",
     "BrokerConfig", "BrokerKind", "Config", "DebugConfig", "DisplayConfig", "DnsConfig",
-    "FeedConfig", "FeedProtocolName", "MonitorConfig", "PricesConfig", "Rule", "StoreConfig",
-    "SupervisorConfig", "TelegramConfig", "config_from_mapping", "key", "load_config",
-    "mask_url", "masked", "registry", "render_toml",
+    "FeedConfig", "FeedProtocolName", "MarketConfig", "MonitorConfig", "PricesConfig", "Rule",
+    "StoreConfig", "SupervisorConfig", "TelegramConfig", "config_from_mapping", "key",
+    "load_config", "mask_url", "masked", "registry", "render_toml",
 ]

@@ -8,12 +8,13 @@ import math
 import os
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from tradeguard.config._schema import Config, _keys, _rules, _sections
+from tradeguard.config._schema import Config, MarketConfig, _keys, _rules, _sections
 from tradeguard.errors import ConfigError
+from tradeguard.market import parse_clock, parse_holiday, parse_session, zone
 from tradeguard.net.addresses import parse_server
 
 ENV_PREFIX = "TRADEGUARD_"
@@ -27,6 +28,8 @@ def _base(kind: Any) -> Any:
 
 
 def _type_name(kind: Any) -> str:
+    if typing.get_origin(kind) is dict:
+        return "a table of strings"
     return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(
         _base(kind), "a list of strings"
     )
@@ -47,6 +50,9 @@ def _coerce(value: Any, kind: Any) -> Any:
     elif kind is str:
         if isinstance(value, str):
             return value
+    elif typing.get_origin(kind) is dict:
+        if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
+            return dict(value)
     elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
         return tuple(value)
     raise ValueError(f"must be {_type_name(kind)}, got {type(value).__name__} {value!r}")
@@ -79,6 +85,11 @@ def _from_env_text(text: str, kind: Any) -> Any:
             raise ValueError(f"must be {_type_name(kind)}, got {text!r}") from None
     if kind is str:
         return text
+    if typing.get_origin(kind) is dict:  # NSE=09:15-15:30,MCX=always
+        pairs = [item.partition("=") for item in text.split(",") if item.strip()]
+        if any(not sep for _, sep, _ in pairs):
+            raise ValueError(f"must be NAME=VALUE pairs, comma-separated, got {text!r}")
+        return {name.strip(): value.strip() for name, _, value in pairs}
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
@@ -210,11 +221,37 @@ def _check_relations(cfg: Config, problems: list[str]) -> None:
         problems.append("telegram.api_base: must be a http:// or https:// URL")
     if feed.ca_file and not Path(feed.ca_file).is_file():
         problems.append(f"feed.ca_file: no such file {feed.ca_file!r}")
+    problems += _market_problems(cfg.market)
     for server in cfg.dns.fallback_servers:
         try:
             parse_server(server)
         except ValueError:
             problems.append(f"dns.fallback_servers: {server!r} is not an ip or ip:port")
+
+
+def _market_problems(market: MarketConfig) -> list[str]:
+    """Every session, holiday, time and zone of [market] must parse (SPEC §14)."""
+    checks: list[tuple[str, Callable[[str], object], str]] = [
+        ("market.timezone", zone, market.timezone),
+        *((f"market.sessions.{name}", parse_session, text)
+          for name, text in market.sessions.items()),
+        *(("market.holidays", parse_holiday, day) for day in market.holidays),
+    ]
+    if market.square_off:
+        checks.append(("market.square_off", parse_clock, market.square_off))
+    if market.default_exchange and ":" in market.default_exchange:
+        checks.append(("market.default_exchange", _no_colon, market.default_exchange))
+    found = []
+    for where, parse, text in checks:
+        try:
+            parse(text)
+        except ValueError as exc:
+            found.append(f"{where}: {exc}")
+    return found
+
+
+def _no_colon(text: str) -> None:
+    raise ValueError(f"{text!r} is an exchange name such as \"NSE\", without a colon")
 
 
 def config_from_mapping(

@@ -14,6 +14,7 @@ MIN_API_TOKEN = 16  # characters; a shorter configured token is guessable (findi
 BlindPolicy = Literal["alert", "close"]
 BrokerKind = Literal["paper", "http", "kite", "upstox"]  # SPEC §3; tradeguard.brokers.KINDS builds
 FeedProtocolName = Literal["json", "kite", "upstox"]  # SPEC §3; tradeguard.feed.PROTOCOLS parses
+Product = Literal["MIS", "CNC", "NRML", "MTF", "I", "D"]  # SPEC §3: Kite's or Upstox's names
 
 
 
@@ -64,6 +65,7 @@ class BrokerConfig:
     url: str = key("", url=("http", "https"))
     token: str = key("", secret=True)
     timeout: float = key(5.0, above=0)
+    product: Product = "MIS"  # of a position that names none (tradeguard.positions.PRODUCTS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +86,27 @@ class TelegramConfig:
 @dataclasses.dataclass(frozen=True)
 class StoreConfig:
     path: str = "tradeguard.db"  # made absolute by load_config (finding B3)
+
+
+DEFAULT_SESSIONS = {  # SPEC §3 [market.sessions]: exchange -> "HH:MM-HH:MM" or "always"
+    "NSE": "09:15-15:30", "BSE": "09:15-15:30", "NFO": "09:15-15:30", "BFO": "09:15-15:30",
+    "CDS": "09:00-17:00", "MCX": "09:00-23:30",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class MarketConfig:
+    """SPEC §14. A `[market.sessions]` table adds to (or changes) the default exchanges."""
+
+    timezone: str = "Asia/Kolkata"
+    default_exchange: str = ""
+    holidays: tuple[str, ...] = ()
+    square_off: str = ""
+    sessions: dict[str, str] = dataclasses.field(default_factory=lambda: dict(DEFAULT_SESSIONS))
+
+    def __post_init__(self) -> None:
+        given = {name.strip().upper(): text for name, text in self.sessions.items()}
+        object.__setattr__(self, "sessions", {**DEFAULT_SESSIONS, **given})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +139,7 @@ class Config:
     api: ApiConfig = dataclasses.field(default_factory=ApiConfig)
     telegram: TelegramConfig = dataclasses.field(default_factory=TelegramConfig)
     store: StoreConfig = dataclasses.field(default_factory=StoreConfig)
+    market: MarketConfig = dataclasses.field(default_factory=MarketConfig)
     supervisor: SupervisorConfig = dataclasses.field(default_factory=SupervisorConfig)
     display: DisplayConfig = dataclasses.field(default_factory=DisplayConfig)
     debug: DebugConfig = dataclasses.field(default_factory=DebugConfig)

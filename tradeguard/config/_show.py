@@ -14,6 +14,8 @@ def _shown(rule: Rule, value: Any) -> Any:
         return MASK
     if rule.url and value:
         return mask_url(value)
+    if isinstance(value, dict):
+        return dict(value)
     return list(value) if isinstance(value, tuple) else value
 
 
@@ -45,6 +47,9 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{_toml_value(str(k))} = {_toml_value(v)}"
+                               for k, v in value.items()) + "}"
     return '"' + "".join(_toml_char(c) for c in str(value)) + '"'
 
 
