@@ -95,6 +95,7 @@ kind = "paper"
 url = ""
 token = ""
 timeout = 5.0
+product = "MIS"
 
 [api]
 host = "127.0.0.1"
