@@ -68,6 +68,7 @@ class Response:
     text: str
     headers: dict[str, str]
     resolution: Resolution | None
+    raw: bytes = b""  # the body as it came (a CSV, a gzip file)
 
 
 class _Connection(http.client.HTTPConnection):
@@ -134,10 +135,12 @@ class HttpClient:
 
     def request_json(self, method: str, url: str, *, body: Any = None,
                      headers: dict[str, str] | None = None,
-                     idempotent: bool | None = None) -> Response:
+                     idempotent: bool | None = None, max_body: int = MAX_BODY) -> Response:
         """Send one request and read a JSON answer.
 
         `idempotent` overrides what the method says (see the retry rule above).
+        A `bytes` body goes out as it is (a form: the caller sets Content-Type);
+        `max_body` bounds the answer read (a longer one is cut and its connection closed).
         Raises OSError (including ssl.SSLError and TimeoutError), http.client
         errors, or the resolver's ResolverError; callers translate those into
         their own subsystem's error.
@@ -145,19 +148,21 @@ class HttpClient:
         parts = urlsplit(url)
         key = _key(parts)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        payload = None if body is None else json.dumps(body).encode()
+        payload = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
         repeatable = method.upper() in IDEMPOTENT_METHODS if idempotent is None else idempotent
         try:
-            return self._send(key, method, path, payload, headers)
+            return self._send(key, method, path, payload, headers, max_body=max_body)
         except _Dropped as dropped:
             if not repeatable:
                 raise dropped.error from None
             logger.info("Kept-alive connection to %s was dropped (%s); sending %s %s again",
                         key[1], dropped.error or type(dropped.error).__name__, method, path)
-            return self._send(key, method, path, payload, headers, fresh=True)
+            return self._send(key, method, path, payload, headers, fresh=True,
+                              max_body=max_body)
 
     def _send(self, key: Key, method: str, path: str, payload: bytes | None,
-              headers: dict[str, str] | None, *, fresh: bool = False) -> Response:
+              headers: dict[str, str] | None, *, fresh: bool = False,
+              max_body: int = MAX_BODY) -> Response:
         with self._connection(key, fresh) as conn:
             try:
                 conn.request(method, path, body=payload, headers=_headers(payload, headers))
@@ -166,7 +171,7 @@ class HttpClient:
                 if conn.reused:
                     raise _Dropped(exc) from exc
                 raise
-            raw = resp.read(MAX_BODY)
+            raw = resp.read(max_body)
             if resp.will_close or not resp.isclosed():  # closed, or a body past MAX_BODY
                 conn.close()
         return _response(resp, raw, conn.resolution)
@@ -253,7 +258,7 @@ def _response(resp: http.client.HTTPResponse, raw: bytes, resolution: Resolution
         parsed = None
     headers = {k.lower(): v for k, v in resp.getheaders()}
     shown = None if resolution.via == "unresolved" else resolution
-    return Response(resp.status, parsed, text, headers, shown)
+    return Response(resp.status, parsed, text, headers, shown, raw)
 
 
 def request_json(
