@@ -37,7 +37,7 @@ SPEC_DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "prices": {"cache_timeout": 300, "stale_warning_threshold": 30},
     "monitor": {"sweep_interval": 1.0, "max_close_retries": 3, "blind_policy": "alert"},
-    "broker": {"kind": "paper", "url": "", "token": "", "timeout": 5.0},
+    "broker": {"kind": "paper", "url": "", "token": "", "timeout": 5.0, "product": "MIS"},
     "api": {"host": "127.0.0.1", "port": 8080, "token": ""},
     "telegram": {
         "bot_token": "", "chat_id": "", "api_base": "https://api.telegram.org",
