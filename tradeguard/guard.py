@@ -24,9 +24,19 @@ from tradeguard.closing import Closer
 from tradeguard.config import Config
 from tradeguard.errors import PositionError
 from tradeguard.health import DnsStatus, FeedStatus, MonitorStatus
+from tradeguard.market import Market
 from tradeguard.metrics import Metrics, Readings
 from tradeguard.net.addresses import is_loopback
-from tradeguard.positions import Position, Reason, Side, State, distance_pct, pnl
+from tradeguard.positions import (
+    Position,
+    Reason,
+    Side,
+    State,
+    better,
+    distance_pct,
+    pnl,
+    start_trailing,
+)
 from tradeguard.prices import Freshness, PriceCache, Quote
 from tradeguard.store import Store
 
@@ -50,11 +60,28 @@ class LevelChange:
 
     stop_loss: float | Keep | None = KEEP
     take_profit: float | Keep | None = KEEP
+    trailing_stop_pct: float | Keep | None = KEEP
 
-    def applied_to(self, position: Position) -> Position:
+    def applied_to(self, position: Position, price: float) -> Position:
+        """The position with these levels; `price` is where a newly set trail starts.
+
+        A trail (re)set tightens the stop to its level at once; one kept keeps its
+        best price, and sets the stop again if the stop was cleared; null ends it
+        and leaves the stop where the trail had moved it.
+        """
         sl = position.stop_loss if self.stop_loss is KEEP else self.stop_loss
         tp = position.take_profit if self.take_profit is KEEP else self.take_profit
-        return replace(position, stop_loss=sl, take_profit=tp)
+        moved = replace(position, stop_loss=sl, take_profit=tp)
+        pct = self.trailing_stop_pct
+        if pct is None:
+            return replace(moved, trailing_stop_pct=None, best=None)
+        if pct is KEEP:
+            if position.trailing_stop_pct is None or position.best is None:
+                return moved
+            pct, best = position.trailing_stop_pct, position.best
+            return moved if sl is not None else start_trailing(moved, pct, best)
+        best = price if position.best is None else better(position.side, position.best, price)
+        return start_trailing(moved, pct, best)
 
 
 @dataclass(frozen=True)
@@ -118,8 +145,10 @@ class Guard:
         api_token: str,
         clock: Clock = time.time,
         mono: Clock = time.monotonic,
+        market: Market | None = None,
     ) -> None:
         self.cfg = cfg
+        self._market = market  # None: every market always open
         self.api_token = api_token
         self.fault_injection = cfg.debug.fault_injection
         self.api_host = cfg.api.host
@@ -140,7 +169,8 @@ class Guard:
 
     def open_position(self, request: Position) -> dict[str, Any]:
         """Open a checked position; PositionError 409 if its symbol has a live one."""
-        stamped = replace(request, opened_at=self._clock())  # the store stamps opened_mono
+        stamped = replace(request, opened_at=self._clock(),  # the store stamps opened_mono
+                          product=request.product or self.cfg.broker.product)
         position = self._store.add_position(stamped)
         self._actors.positions_changed(position.symbol)
         logger.info("[POSITION] opened %s %s x%s at %s (SL %s, TP %s)", position.side,
@@ -156,22 +186,37 @@ class Guard:
         if current.state is State.CLOSING:
             # SPEC §6 gives PATCH no 409: a position being closed is no longer open.
             raise PositionError(f"{symbol}: no open position (a close is under way)", 404)
-        moved = change.applied_to(current)
         price, what = self._reference(current)
+        moved = change.applied_to(current, price)
         check_levels_at(moved, price, what)
         updated = self._store.update_levels(moved)
         self._actors.positions_changed(symbol)
-        logger.info("[POSITION] %s levels now SL %s, TP %s (judged against %s %s)", symbol,
-                    updated.stop_loss, updated.take_profit, what, price)
+        logger.info("[POSITION] %s levels now SL %s, TP %s, trailing %s%% (judged against %s)",
+                    symbol, updated.stop_loss, updated.take_profit, updated.trailing_stop_pct,
+                    what)
         return updated.as_json()
 
     def emergency_close(self, symbol: str, reason: Reason) -> dict[str, Any]:
-        """SPEC §6 success body; PositionError 404 / 409 / 502."""
+        """SPEC §6 success body; PositionError 404 / 409 (also: its market is closed) / 502."""
+        self._refuse_if_closed(symbol)
         try:
             result = self._closer.close(symbol, reason)
         finally:
             self._actors.positions_changed(symbol)
         return result.as_json()
+
+    def _refuse_if_closed(self, symbol: str) -> None:
+        """No order goes to a closed exchange (SPEC §14): 409, saying when orders resume."""
+        market = self._market
+        if market is None or market.symbol_open(symbol):
+            return
+        if self._store.live_position(symbol) is None:
+            return  # the closer answers 404 for it
+        raise PositionError(market.closed_message(symbol), 409)
+
+    def market_view(self) -> dict[str, str]:
+        """connection-health `market`: each configured exchange "open" or "closed"."""
+        return {} if self._market is None else self._market.status()
 
     def release_position(self, symbol: str) -> dict[str, Any]:
         """Stop guarding a position without closing it; PositionError 404 / 409."""
@@ -210,6 +255,7 @@ class Guard:
                           "blind": monitor.blind_symbols(), "stale": monitor.stale_symbols()},
             "alerts": {"queued": self._store.pending_count()},
             "broker": self.broker_view(),
+            "market": self.market_view(),
         }
 
     def broker_view(self) -> dict[str, Any]:
@@ -233,6 +279,7 @@ class Guard:
             "dns": self._status.dns.snapshot(),
             "actors": self._actors.actor_status(),
             "broker": self.broker_view(),
+            "market": self.market_view(),
             "positions": [self._row(p, self._cache.quote(p.symbol, now))
                           for p in self._store.positions(limit=20)],
             "alerts": [
@@ -262,6 +309,7 @@ class Guard:
                             self._status.dns.snapshot()["servers"].items()},
             actors_up={name: bool(v["alive"]) for name, v in self._actors.actor_status().items()},
             notifications_queued=self._store.pending_count(),
+            market_open={name: state == "open" for name, state in self.market_view().items()},
         )
 
     # Helpers -------------------------------------------------------------------
@@ -283,5 +331,6 @@ class Guard:
             distance_to_stop_pct=distance_pct(price, p.stop_loss) if price else None,
             distance_to_target_pct=distance_pct(price, p.take_profit) if price else None,
             unrealized_pnl=pnl(p, price) if price and p.state is not State.CLOSED else None,
+            market_open=self._market is None or self._market.symbol_open(p.symbol),
         )
         return row

@@ -4,6 +4,11 @@ Long: stop-loss when price <= stop_loss, take-profit when price >= take_profit.
 Short is the mirror. `tradeguard.monitoring` applies the rule to every tick
 of a batch in arrival order, so the first crossing wins and a single breaching
 tick inside a burst is never lost, even if the next tick is back inside.
+
+A trailing stop (`trailing_stop_pct`) follows `best`, the best price since it
+was set: a long's stop rises to `best x (1 - pct/100)` whenever `best` rises and
+never falls (a short's mirrored). `trail` is that rule for one price; the
+monitor applies it to every tick before the tick is checked against the stop.
 """
 
 from __future__ import annotations
@@ -41,11 +46,17 @@ class Reason(enum.StrEnum):
     TAKE_PROFIT = "take_profit"
     EMERGENCY = "emergency"
     BLIND = "blind"  # closed by blind_policy = "close"
+    SQUARE_OFF = "square_off"  # an intraday position closed at market.square_off
     CLOSED_AT_BROKER = "closed_at_broker"  # the broker held nothing: no order was sent
 
 
 MANUAL_REASONS = (Reason.STOP_LOSS, Reason.TAKE_PROFIT, Reason.EMERGENCY)  # an operator may give
 REASONS = tuple(Reason)
+
+# SPEC §3 broker.product: Kite's names and Upstox's, either accepted and kept as given.
+PRODUCTS = ("MIS", "CNC", "NRML", "MTF", "I", "D")
+INTRADAY_PRODUCTS = frozenset({"MIS", "I"})  # what the broker squares off itself
+SOURCES = ("api", "broker")  # who told TradeGuard about the position (broker: adopted)
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,15 @@ class Position:
     # What earlier close attempts filled (a partial fill): quantity and sum of quantity x price.
     filled_quantity: float = 0.0
     filled_value: float = 0.0
+    trailing_stop_pct: float | None = None
+    best: float | None = None  # best price since the trailing stop was set; None if none is
+    product: str | None = None  # None: stored before TradeGuard knew products (never intraday)
+    source: str = "api"
+
+    @property
+    def intraday(self) -> bool:
+        """An intraday product (MIS, I): closed at market.square_off."""
+        return self.product in INTRADAY_PRODUCTS
 
     @property
     def remaining(self) -> float:
@@ -95,6 +115,9 @@ class Position:
             "entry_price": self.entry_price,
             "stop_loss": self.stop_loss,
             "take_profit": self.take_profit,
+            "trailing_stop_pct": self.trailing_stop_pct,
+            "product": self.product,
+            "source": self.source,
             "state": self.state.value,
             "exit_price": self.exit_price,
             "pnl": self.pnl,
@@ -123,14 +146,61 @@ def trigger(position: Position, price: float) -> Reason | None:
 
 
 def safe_band(position: Position) -> tuple[float, float]:
-    """The open interval of prices at which `trigger` fires neither level.
+    """The open interval of prices at which `trigger` fires neither level and `trail` moves nothing.
 
     The monitor compares each tick with it first: under load only prices
     outside the band go through the stop rules.
     """
-    low, high = ((position.stop_loss, position.take_profit) if position.side is Side.LONG
+    long = position.side is Side.LONG
+    low, high = ((position.stop_loss, position.take_profit) if long
                  else (position.take_profit, position.stop_loss))
-    return (-math.inf if low is None else low, math.inf if high is None else high)
+    low_f, high_f = -math.inf if low is None else low, math.inf if high is None else high
+    if position.trailing_stop_pct is not None and position.best is not None:
+        # A better price than `best` moves the stop: it must leave the band.
+        return (low_f, min(high_f, position.best)) if long else (max(low_f, position.best), high_f)
+    return low_f, high_f
+
+
+def trail_level(side: Side, best: float, pct: float) -> float:
+    """Where a trailing stop `pct` percent from `best` stands."""
+    factor = (100.0 - pct) if side is Side.LONG else (100.0 + pct)
+    return round(best * factor / 100.0, 6)
+
+
+def better(side: Side, a: float, b: float) -> float:
+    """The better of two prices for the holder: the higher for a long, the lower for a short."""
+    return max(a, b) if side is Side.LONG else min(a, b)
+
+
+def tighter(side: Side, stop: float | None, level: float) -> float:
+    """The stop nearer the market of the two (the higher for a long)."""
+    return level if stop is None else better(side, stop, level)
+
+
+def trail(position: Position, price: float) -> Position | None:
+    """The position with its trailing stop moved by `price`, or None if it does not move.
+
+    `best` follows only a better price, and the stop only ever tightens: a long's
+    never moves down, a short's never up.
+    """
+    pct, best, side = position.trailing_stop_pct, position.best, position.side
+    if pct is None or best is None:
+        return None
+    if not (price > best if side is Side.LONG else price < best):
+        return None
+    stop = tighter(side, position.stop_loss, trail_level(side, price, pct))
+    return replace(position, best=price, stop_loss=stop)
+
+
+def start_trailing(position: Position, pct: float, best: float) -> Position:
+    """The trailing stop (re)set at `pct` from `best`: the stop tightens to it at once.
+
+    A stop already nearer the market stays: setting or widening the trail never
+    loosens a stop (only an explicit `stop_loss` does).
+    """
+    level = trail_level(position.side, best, pct)
+    return replace(position, trailing_stop_pct=pct, best=best,
+                   stop_loss=tighter(position.side, position.stop_loss, level))
 
 
 def pnl(position: Position, exit_price: float) -> float:
@@ -166,10 +236,12 @@ def validate_symbol(value: Any) -> str:
 
 
 def check_levels(
-    side: Side, entry: float, stop_loss: float | None, take_profit: float | None
+    side: Side, entry: float, stop_loss: float | None, take_profit: float | None,
+    *, trailing: bool = False,
 ) -> None:
-    """Levels must exist (one at least) and sit on the right side of the entry."""
-    if stop_loss is None and take_profit is None:
+    """Levels must exist (one at least, unless a trailing stop will set the stop) and sit
+    on the right side of the entry."""
+    if stop_loss is None and take_profit is None and not trailing:
         raise PositionError("stop_loss and take_profit: at least one must be set")
     below, above = (stop_loss, take_profit) if side is Side.LONG else (take_profit, stop_loss)
     below_name, above_name = (
@@ -181,12 +253,39 @@ def check_levels(
         raise PositionError(f"{above_name}: must be above entry_price for a {side.value}")
 
 
+def trailing_pct(value: Any) -> float | None:
+    """A checked `trailing_stop_pct`: null, or a percentage strictly between 0 and 100."""
+    if value is None:
+        return None
+    if not valid_price(value) or not value < 100:
+        raise PositionError("trailing_stop_pct: must be a number above 0 and below 100, or null")
+    return float(value)
+
+
+def product_from(value: Any) -> str | None:
+    """A checked `product` (either broker's spelling, SPEC §3); None: the broker.product default."""
+    if value is None:
+        return None
+    product = value.strip().upper() if isinstance(value, str) else None
+    if product not in PRODUCTS:
+        raise PositionError(f"product: must be one of {', '.join(PRODUCTS)}")
+    return product
+
+
+OPEN_FIELDS = frozenset({"symbol", "side", "quantity", "entry_price", "stop_loss",
+                         "take_profit", "trailing_stop_pct", "product"})
+
+
 def position_from_request(body: Any, now: float) -> Position:
-    """Validate an open-position request body (SPEC §6) into a new Position."""
+    """Validate an open-position request body (SPEC §6) into a new Position.
+
+    With `trailing_stop_pct` the stop may be null: the trail starts at the entry
+    (the best price so far), and its level is the stop unless one nearer the
+    market is given. A `product` left out is None, for the caller's default.
+    """
     if not isinstance(body, dict):
         raise PositionError("body: must be a JSON object")
-    unknown = set(body) - {"symbol", "side", "quantity", "entry_price", "stop_loss",
-                           "take_profit"}
+    unknown = set(body) - OPEN_FIELDS
     if unknown:
         raise PositionError(f"unknown field(s): {', '.join(sorted(unknown))}")
     symbol = validate_symbol(body.get("symbol"))
@@ -199,8 +298,11 @@ def position_from_request(body: Any, now: float) -> Position:
     assert quantity is not None and entry is not None
     stop_loss = _number(body, "stop_loss", optional=True)
     take_profit = _number(body, "take_profit", optional=True)
-    check_levels(side, entry, stop_loss, take_profit)
-    return Position(symbol, side, quantity, entry, stop_loss, take_profit, opened_at=now)
+    pct = trailing_pct(body.get("trailing_stop_pct"))
+    check_levels(side, entry, stop_loss, take_profit, trailing=pct is not None)
+    position = Position(symbol, side, quantity, entry, stop_loss, take_profit, opened_at=now,
+                        product=product_from(body.get("product")))
+    return position if pct is None else start_trailing(position, pct, entry)
 
 
 def close_from_request(body: Any) -> tuple[str, Reason]:

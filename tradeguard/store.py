@@ -26,10 +26,11 @@ from tradeguard.errors import PositionError, StoreError
 from tradeguard.positions import Position, Side, State
 from tradeguard.prices import Tick
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Version 2: state `released`; a `closed_at_broker` close has no exit price;
 # the filled part of a close (partial fills); whether its failure was alerted.
+# Version 3: the trailing stop and its best price; the product; the source.
 _POSITIONS = """
 CREATE TABLE IF NOT EXISTS positions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -53,10 +54,19 @@ CREATE TABLE IF NOT EXISTS positions (
     filled_quantity REAL NOT NULL DEFAULT 0 CHECK (filled_quantity >= 0),
     filled_value REAL NOT NULL DEFAULT 0,
     failure_alerted INTEGER NOT NULL DEFAULT 0,
+    trailing_stop_pct REAL CHECK (trailing_stop_pct > 0 AND trailing_stop_pct < 100),
+    best REAL CHECK (trailing_stop_pct IS NULL OR (best IS NOT NULL AND best > 0)),
+    product TEXT,
+    source TEXT NOT NULL DEFAULT 'api' CHECK (source IN ('api', 'broker')),
     CHECK (state != 'closed' OR client_order_id IS NOT NULL),
     CHECK (state != 'closed' OR exit_price IS NOT NULL OR reason = 'closed_at_broker'),
     CHECK (state IN ('open', 'released') OR client_order_id IS NOT NULL)
 )"""
+
+# A broker's instrument master (Kite): the last good list, used when a fetch fails.
+_INSTRUMENTS = """CREATE TABLE IF NOT EXISTS instruments (
+    symbol TEXT PRIMARY KEY, token INTEGER NOT NULL, tick_size REAL NOT NULL,
+    lot_size INTEGER NOT NULL, segment TEXT NOT NULL) WITHOUT ROWID"""
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -67,6 +77,7 @@ _SCHEMA = (
         host TEXT PRIMARY KEY, addresses TEXT NOT NULL, updated_at REAL NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS prices (
         symbol TEXT PRIMARY KEY, price REAL NOT NULL, received_at REAL NOT NULL)""",
+    _INSTRUMENTS,
     """CREATE TABLE IF NOT EXISTS outbox (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         created_at REAL NOT NULL,
@@ -80,6 +91,7 @@ _SCHEMA = (
 _V1_COLUMNS = ("id, symbol, side, quantity, entry_price, stop_loss, take_profit, state,"
                " client_order_id, order_id, exit_price, pnl, reason, opened_at, closed_at,"
                " close_attempts, last_error")
+_V2_COLUMNS = _V1_COLUMNS + ", filled_quantity, filled_value, failure_alerted"
 
 
 def _v1_to_v2(db: sqlite3.Connection) -> None:
@@ -94,7 +106,29 @@ def _v1_to_v2(db: sqlite3.Connection) -> None:
     db.execute("DROP TABLE positions_v1")  # and its one-live index, made anew below
 
 
-_MIGRATIONS = {1: _v1_to_v2}  # from version N to N + 1
+def _v2_to_v3(db: sqlite3.Connection) -> None:
+    """Rebuild `positions` with the trailing stop, product and source columns.
+
+    A rebuild, not ADD COLUMN, so a migrated file has the same CHECKs as a new
+    one. Positions from before have no trailing stop and no known product (so
+    none is squared off as intraday), and came through the API.
+    """
+    db.execute("ALTER TABLE positions RENAME TO positions_v2")
+    db.execute(_POSITIONS)
+    db.execute(f"INSERT INTO positions ({_V2_COLUMNS})"  # noqa: S608 - constants
+               f" SELECT {_V2_COLUMNS} FROM positions_v2")
+    db.execute("DROP TABLE positions_v2")
+
+
+_MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3}  # from version N to N + 1
+
+
+# ?1 best, ?2 stop, ?3 id, ?4 trailing_stop_pct (see Store.move_stops)
+_MOVE_STOP = """UPDATE positions SET
+    best = CASE WHEN side = 'long' THEN MAX(best, ?1) ELSE MIN(best, ?1) END,
+    stop_loss = CASE WHEN stop_loss IS NULL OR (side = 'long' AND stop_loss < ?2)
+        OR (side = 'short' AND stop_loss > ?2) THEN ?2 ELSE stop_loss END
+    WHERE id = ?3 AND state = 'open' AND trailing_stop_pct = ?4"""
 
 
 def new_client_order_id() -> str:
@@ -150,6 +184,10 @@ def _position(row: sqlite3.Row) -> Position:
         last_error=row["last_error"],
         filled_quantity=float(row["filled_quantity"]),
         filled_value=float(row["filled_value"]),
+        trailing_stop_pct=_float(row["trailing_stop_pct"]),
+        best=_float(row["best"]),
+        product=row["product"],
+        source=row["source"],
     )
 
 
@@ -252,10 +290,12 @@ class Store:
             with self._tx() as db:
                 cur = db.execute(
                     "INSERT INTO positions (symbol, side, quantity, entry_price, stop_loss,"
-                    " take_profit, state, opened_at) VALUES (?, ?, ?, ?, ?, ?, 'open', ?)",
+                    " take_profit, state, opened_at, trailing_stop_pct, best, product, source)"
+                    " VALUES (?, ?, ?, ?, ?, ?, 'open', ?, ?, ?, ?, ?)",
                     (position.symbol, position.side.value, position.quantity,
                      position.entry_price, position.stop_loss, position.take_profit,
-                     position.opened_at),
+                     position.opened_at, position.trailing_stop_pct, position.best,
+                     position.product, position.source),
                 )
                 row = db.execute("SELECT * FROM positions WHERE id = ?", (cur.lastrowid,))
                 self._mono[int(cur.lastrowid or 0)] = (opened, None)
@@ -274,18 +314,31 @@ class Store:
             raise
 
     def update_levels(self, position: Position) -> Position:
-        """Store new stop-loss / take-profit levels of an open position."""
+        """Store new levels (stop-loss, take-profit, trailing stop) of an open position."""
         changed = time.monotonic()
         with self._tx() as db:
             row = db.execute(
-                "UPDATE positions SET stop_loss = ?, take_profit = ? WHERE symbol = ?"
-                " AND state IN ('open', 'close_failed') RETURNING *",
-                (position.stop_loss, position.take_profit, position.symbol),
+                "UPDATE positions SET stop_loss = ?, take_profit = ?, trailing_stop_pct = ?,"
+                " best = ? WHERE symbol = ? AND state IN ('open', 'close_failed') RETURNING *",
+                (position.stop_loss, position.take_profit, position.trailing_stop_pct,
+                 position.best, position.symbol),
             ).fetchone()
         if row is None:
             raise PositionError(f"{position.symbol}: no open position", 404)
         self._mono[row["id"]] = (self._mono.get(row["id"], (None, None))[0], changed)
         return self._stamped(_position(row))
+
+    def move_stops(self, moved: Iterable[Position]) -> int:
+        """Store trailing-stop moves, one row each, in one transaction; how many were stored.
+
+        Each row is found by its primary key, so a batch costs one commit. A move
+        applies only while the position is open on the same trailing stop, and it
+        only ever tightens the stop and betters `best`: a PATCH that landed since
+        (a new trail, or a stop already nearer the market) is never undone.
+        """
+        rows = [(p.best, p.stop_loss, p.id, p.trailing_stop_pct) for p in moved]
+        with self._tx() as db:
+            return int(db.executemany(_MOVE_STOP, rows).rowcount)
 
     def _stamped(self, position: Position) -> Position:
         """The position with this process's monotonic open and level-change times."""
@@ -498,6 +551,33 @@ class Store:
     def load_prices(self) -> list[Tick]:
         rows = self._query("SELECT symbol, price, received_at FROM prices")
         return [Tick(r["symbol"], r["price"], r["received_at"]) for r in rows]
+
+    # Instrument master (Kite) ---------------------------------------------
+
+    def save_instruments(
+        self, rows: Iterable[tuple[str, int, float, int, str]], fetched_at: float
+    ) -> None:
+        """Replace the kept instrument list whole, with when it was fetched, in one transaction."""
+        with self._tx() as db:
+            db.execute("DELETE FROM instruments")
+            db.executemany("INSERT OR REPLACE INTO instruments VALUES (?, ?, ?, ?, ?)", rows)
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES ('instruments_fetched_at', ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value", (repr(fetched_at),))
+
+    def load_instruments(self) -> tuple[list[tuple[str, int, float, int, str]], float | None]:
+        """The kept instrument list and when it was fetched (wall time); ([], None) if none."""
+        with self._lock:
+            try:
+                rows = self._db.execute(
+                    "SELECT symbol, token, tick_size, lot_size, segment FROM instruments"
+                ).fetchall()
+                when = self._db.execute(
+                    "SELECT value FROM meta WHERE key = 'instruments_fetched_at'").fetchone()
+            except sqlite3.Error as exc:
+                raise StoreError(f"store {self.path}: {exc}") from exc
+        fetched = float(when[0]) if when else None
+        return [tuple(r) for r in rows], fetched  # type: ignore[misc]
 
     # Alert outbox ----------------------------------------------------------
 
