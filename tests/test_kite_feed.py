@@ -1,0 +1,313 @@
+"""Kite's ticker (SPEC §10): KiteFeed's frames and decoding, then the feed actor on loopback.
+
+Packets are built here from the byte layouts in brokers.md §1.3 (not with
+TradeGuard's own code), and every decoded price is also checked against the
+official SDK's parser (`KiteTicker._parse_binary`) when it is installed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import struct
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+
+from tradeguard.brokers.kite import protocol as kite
+from tradeguard.brokers.kite.ticker import KiteFeed, KiteOrderUpdate
+from tradeguard.errors import FeedError
+
+INFY, TCS, USDINR, BCDFUT, NIFTY, NCOFUT = 408065, 2953217, 412675, (4822 << 8) | 6, 256265, \
+    (38580 << 8) | 12  # the low byte of a token is its segment
+SYMBOLS = {"NSE:INFY": INFY, "NSE:TCS": TCS, "CDS:USDINR26DECFUT": USDINR,
+           "BCD:EURINR26DECFUT": BCDFUT, "NSE:NIFTY 50": NIFTY, "NCO:GASFUT": NCOFUT}
+DATA = Path(__file__).parent / "data" / "kite"
+
+
+class Master:
+    """The smallest instrument master: the InstrumentLookup protocol over a dict."""
+
+    def __init__(self, symbols: dict[str, int]) -> None:
+        self.tokens = dict(symbols)
+        self.names = {t: s for s, t in symbols.items()}
+
+    def token(self, symbol: str) -> int | None:
+        return self.tokens.get(symbol if ":" in symbol else f"NSE:{symbol}")
+
+    def symbol(self, token: int) -> str | None:
+        return self.names.get(token)
+
+
+def feed(mode: str = "ltp", token: str = "access-SECRET", symbols: dict[str, int] | None = None,
+         **kwargs: object) -> KiteFeed:
+    f = KiteFeed("wss://ws.kite.trade", "apikey1", lambda: token, Master(symbols or SYMBOLS),
+                 mode, **kwargs)  # type: ignore[arg-type]
+    f.target()
+    return f
+
+
+def ltp(token: int, units: int) -> bytes:
+    return struct.pack(">Ii", token, units)
+
+
+def quote(token: int, units: int) -> bytes:
+    # ltq, avg, volume, buy qty, sell qty, open, high, low, close
+    return struct.pack(">Iiiiiiiiiii", token, units, 5, units, 1000, 10, 20, units - 100,
+                       units + 200, units - 300, units - 50)
+
+
+def full(token: int, units: int, exchange_ts: int = 1767779056) -> bytes:
+    depth = b"".join(struct.pack(">IiHxx", 5 + i, units - 10 * (i + 1), 1 + i) for i in range(10))
+    return quote(token, units) + struct.pack(">IIIII", exchange_ts - 1, 0, 0, 0,
+                                             exchange_ts) + depth
+
+
+def index_quote(token: int, units: int) -> bytes:
+    # last, high, low, open, close, change: the index order (brokers.md §1.3)
+    return struct.pack(">Iiiiiii", token, units, units + 100, units - 100, units - 20,
+                       units - 50, -36)
+
+
+def index_full(token: int, units: int, exchange_ts: int = 1767779057) -> bytes:
+    return index_quote(token, units) + struct.pack(">I", exchange_ts)
+
+
+def frame(packets: Iterable[bytes]) -> bytes:
+    items = list(packets)
+    return struct.pack(">H", len(items)) + b"".join(struct.pack(">H", len(p)) + p for p in items)
+
+
+def sdk_prices(data: bytes) -> list[tuple[int, float]] | None:
+    """(token, last price) as the official SDK decodes the frame; None without the SDK."""
+    try:
+        from kiteconnect import KiteTicker  # a test-only peer
+    except ImportError:
+        return None
+    ticks = KiteTicker("k", "t")._parse_binary(data)
+    return [(t["instrument_token"], t["last_price"]) for t in ticks]
+
+
+# Connecting and subscribing -------------------------------------------------
+
+
+def test_target_carries_api_key_and_the_token_read_before_every_connect() -> None:
+    tokens = iter(["first-SECRET", "second-SECRET"])
+    f = KiteFeed("wss://ws.kite.trade", "apikey1", lambda: next(tokens), Master(SYMBOLS))
+    first, second = f.target(), f.target()
+    assert first.url == "wss://ws.kite.trade?api_key=apikey1&access_token=first-SECRET"
+    assert second.url.endswith("access_token=second-SECRET")
+    assert first.headers == {"X-Kite-Version": "3"}
+
+
+def test_no_token_or_api_key_is_a_clear_feed_error() -> None:
+    with pytest.raises(FeedError, match="no access token"):
+        KiteFeed("", "apikey1", lambda: "", Master(SYMBOLS)).target()
+    with pytest.raises(FeedError, match="api_key"):
+        KiteFeed("", "", lambda: "t", Master(SYMBOLS)).target()
+    with pytest.raises(FeedError, match="mode"):
+        KiteFeed("", "k", lambda: "t", Master(SYMBOLS), "snapquote")
+
+
+def test_credential_is_a_fingerprint_that_changes_with_the_token() -> None:
+    token = ["one-SECRET"]
+    f = KiteFeed("", "k", lambda: token[0], Master(SYMBOLS))
+    before = f.credential()
+    token[0] = "two-SECRET"
+    assert f.credential() != before
+    assert "SECRET" not in before
+
+
+@pytest.mark.parametrize("mode", kite.MODES)
+def test_subscribe_sends_subscribe_then_mode_for_the_tokens(mode: str) -> None:
+    f = feed(mode)
+    frames = f.subscribe(["NSE:INFY", "TCS"])
+    assert [json.loads(str(x)) for x in frames] == [
+        {"a": "subscribe", "v": [INFY, TCS]}, {"a": "mode", "v": [mode, [INFY, TCS]]}]
+    assert f.subscribe(["NSE:INFY"]) == []  # already on this connection
+    f.target()  # a new connection subscribes everything again
+    assert len(f.subscribe(["NSE:INFY"])) == 2
+
+
+def test_unknown_symbol_is_refused_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    f = feed()
+    frames = f.subscribe(["NSE:NOSUCH", "NSE:INFY"])
+    assert json.loads(str(frames[0]))["v"] == [INFY]
+    assert f.parse([], 0.0).rejects["unknown_symbol"] == 1
+    assert "NSE:NOSUCH" in caplog.text
+
+
+def test_more_than_3000_tokens_on_one_connection_are_refused_clearly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    many = {f"NSE:S{i}": (i << 8) | 1 for i in range(1, 3006)}
+    f = feed(symbols=many)
+    frames = f.subscribe(sorted(many))
+    assert len(json.loads(str(frames[0]))["v"]) == kite.MAX_TOKENS_PER_CONNECTION
+    assert f.parse([], 0.0).rejects["too_many_tokens"] == 5
+    assert "at most 3000 instruments" in caplog.text
+    assert f.parse([], 0.0).rejects == {}  # counted once
+
+
+# Decoding -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("build", "token", "units", "price"), [
+    (ltp, INFY, 157370, 1573.70),
+    (quote, INFY, 157370, 1573.70),
+    (full, INFY, 157370, 1573.70),
+    (index_quote, NIFTY, 2456755, 24567.55),
+    (index_full, NIFTY, 2456755, 24567.55),
+    (full, USDINR, 834512500, 83.45125),  # CDS: /10^7
+    (quote, BCDFUT, 905025, 90.5025),  # BCD: /10^4
+    (ltp, NCOFUT, 312345, 31.2345),  # NCO: /10^4 (pykiteconnect 5.2.2 EXCHANGE_MAP)
+])
+@pytest.mark.parametrize("mode", kite.MODES)
+def test_every_packet_kind_is_decoded_with_its_segment_divisor_whatever_the_mode(
+    build: object, token: int, units: int, price: float, mode: str,
+) -> None:
+    f = feed(mode)
+    f.subscribe(sorted(SYMBOLS))
+    data = frame([build(token, units)])  # type: ignore[operator]
+    parsed = f.parse([data], 7.0)
+    assert parsed.rejects == {}
+    [tick] = parsed.ticks
+    assert (tick.symbol, tick.received_at) == (SYMBOLS_BY_TOKEN[token], 7.0)
+    assert tick.price == pytest.approx(price, abs=1e-9)
+    peer = sdk_prices(data)
+    if peer is not None:
+        assert peer == [(token, pytest.approx(tick.price, abs=1e-9))]
+
+
+SYMBOLS_BY_TOKEN = {t: s for s, t in SYMBOLS.items()}
+
+
+def test_full_packets_carry_the_exchange_time_and_ltp_packets_none() -> None:
+    f = feed()
+    f.subscribe(sorted(SYMBOLS))
+    parsed = f.parse([frame([full(INFY, 157370, 1767779056)]), frame([ltp(TCS, 400000)]),
+                      frame([index_full(NIFTY, 2456755, 1767779057)])], 1.0)
+    assert [t.exchange_ts for t in parsed.ticks] == [1767779056.0, None, 1767779057.0]
+
+
+def test_a_frame_mixing_every_length_is_walked_packet_by_packet() -> None:
+    f = feed("full")
+    f.subscribe(sorted(SYMBOLS))
+    data = frame([ltp(INFY, 100), full(TCS, 200), index_quote(NIFTY, 300), quote(BCDFUT, 400),
+                  index_full(NIFTY, 500), full(USDINR, 600)])
+    parsed = f.parse([data], 1.0)
+    assert [t.price for t in parsed.ticks] == pytest.approx([1.0, 2.0, 3.0, 0.04, 5.0, 0.00006],
+                                                            abs=1e-12)
+    assert parsed.rejects == {}
+    peer = sdk_prices(data)
+    if peer is not None:
+        assert [p for _, p in peer] == pytest.approx([t.price for t in parsed.ticks])
+
+
+def test_fifty_full_packets_in_one_frame_keep_their_order() -> None:
+    f = feed("full")
+    f.subscribe(["NSE:INFY"])
+    parsed = f.parse([frame(full(INFY, 150000 + i) for i in range(50))], 1.0)
+    assert [t.price for t in parsed.ticks] == [1500.0 + i / 100 for i in range(50)]
+
+
+def test_one_byte_frame_is_a_heartbeat() -> None:
+    parsed = feed().parse([b"\x00"], 1.0)
+    assert parsed.heartbeat and not parsed.ticks and not parsed.rejects
+
+
+def test_bad_packets_are_counted_and_never_raise() -> None:
+    f = feed()
+    f.subscribe(["NSE:INFY"])
+    frames: list[str | bytes] = [
+        frame([ltp(INFY, 100), b"\x00" * 12, ltp(INFY, 200)]),  # a length Kite never sends
+        frame([ltp(999_999, 100)]),  # a token nobody subscribed and the master lacks
+        frame([ltp(INFY, 0), ltp(INFY, -5)]),  # not positive (a set high bit reads negative)
+        frame([ltp(INFY, 300)])[:-3],  # cut short
+        frame([ltp(INFY, 400)]) + b"xx",  # trailing bytes: the packet still counts
+        struct.pack(">H", 3) + struct.pack(">H", 8) + ltp(INFY, 500),  # fewer packets than said
+        b"",
+    ]
+    parsed = f.parse(frames, 1.0)
+    assert [t.price for t in parsed.ticks] == [1.0, 2.0, 4.0, 5.0]
+    assert parsed.rejects == {"bad_length": 1, "unknown_token": 1, "non_positive_price": 2,
+                              "truncated": 2, "trailing_bytes": 1, "short_frame": 1}
+
+
+def test_a_token_not_subscribed_but_in_the_master_is_priced_under_its_symbol() -> None:
+    f = feed()
+    parsed = f.parse([frame([ltp(TCS, 400000)])], 1.0)
+    assert [(t.symbol, t.price) for t in parsed.ticks] == [("NSE:TCS", 4000.0)]
+
+
+def test_a_token_subscribed_under_two_names_prices_both() -> None:
+    f = feed()
+    f.subscribe(["NSE:INFY", "INFY"])
+    parsed = f.parse([frame([ltp(INFY, 157370)])], 1.0)
+    assert sorted(t.symbol for t in parsed.ticks) == ["INFY", "NSE:INFY"]
+
+
+def test_text_frames_order_updates_pass_on_errors_and_messages_are_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING)
+    order = {"order_id": "151220000000000", "status": "COMPLETE", "tag": "TG1a2b3c",
+             "average_price": 1573.7, "filled_quantity": 10}
+    frames: list[str | bytes] = [
+        json.dumps({"type": "order", "data": order}),
+        json.dumps({"type": "error", "data": "Invalid instrument token"}),
+        json.dumps({"type": "message", "data": "Market closes early today"}),
+        json.dumps({"type": "message", "data": "second, not logged within 10s"}),
+        "not json", json.dumps([1, 2]), json.dumps({"type": "what"}),
+    ]
+    parsed = feed().parse(frames, 3.0)
+    assert parsed.messages == [KiteOrderUpdate(order, 3.0)]
+    assert parsed.rejects == {"kite_error": 1, "kite_message": 2, "bad_json": 1,
+                              "unknown_message": 2}
+    assert "Invalid instrument token" in caplog.text
+    assert "Market closes early" in caplog.text
+    assert "second, not logged" not in caplog.text
+
+
+def _vector(name: str) -> bytes | None:
+    path = DATA / name
+    if not path.exists():
+        return None
+    raw = path.read_bytes().strip()
+    try:
+        return base64.b64decode(raw, validate=True)
+    except ValueError:
+        return raw
+
+
+@pytest.mark.parametrize(("name", "length"), [("ticker_full.packet", 184),
+                                              ("ticker_quote.packet", 44)])
+def test_kites_published_packets_decode_to_1573_70(name: str, length: int) -> None:
+    """kiteconnect-mocks' packets (one packet, no frame header): token 408065, 1573.70."""
+    packet = _vector(name)
+    if packet is None:
+        pytest.skip(f"tests/data/kite/{name} is not there yet")
+    expected = json.loads((DATA / name.replace(".packet", ".expected.json")).read_text())
+    assert len(packet) == length
+    parsed = feed().parse([frame([packet])], 1.0)
+    assert [(t.symbol, t.price) for t in parsed.ticks] == [("NSE:INFY", expected["last_price"])]
+    assert parsed.rejects == {}
+
+
+def test_the_stand_ins_frames_decode_to_the_ticks_the_sdk_reads() -> None:
+    """tests/data/kite/frames.json: every packet kind and segment, 50-packet and mixed frames."""
+    path = DATA / "frames.json"
+    if not path.exists():
+        pytest.skip("tests/data/kite/frames.json is not there yet")
+    vectors = json.loads(path.read_text())["frames"]
+    tokens = {t["instrument_token"] for v in vectors for t in v["ticks"]}
+    f = feed("full", symbols={f"T:{t}": t for t in tokens})
+    for vector in vectors:
+        parsed = f.parse([base64.b64decode(vector["frame"])], 1.0)
+        assert parsed.rejects == {}, vector["name"]
+        assert [(t.symbol, t.price) for t in parsed.ticks] == [
+            (f"T:{t['instrument_token']}", pytest.approx(t["last_price"], abs=1e-9))
+            for t in vector["ticks"]], vector["name"]
+        assert parsed.heartbeat == (not vector["ticks"]), vector["name"]
