@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -355,3 +356,13 @@ def test_every_vector_frame_decodes_to_its_ticks() -> None:
         assert len(got) == len(want), vector["name"]
         for (gt, gp), (wt, wp) in zip(got, want, strict=True):
             assert gt == wt and gp == pytest.approx(wp, abs=1e-9), vector["name"]
+
+
+def test_the_sdk_is_a_test_and_bench_peer_only() -> None:
+    """kiteconnect comes from the test and bench extras: nothing else in tradeguard imports it."""
+    root = Path(__file__).parent.parent / "tradeguard"
+    bench = root / "tools" / "bench"
+    pattern = re.compile(r"^\s*(from|import) kiteconnect\b", re.MULTILINE)
+    importers = [path for path in root.rglob("*.py")
+                 if bench not in path.parents and pattern.search(path.read_text())]
+    assert importers == []
