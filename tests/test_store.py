@@ -400,7 +400,7 @@ def test_a_version_1_store_opens_and_keeps_its_rows(db_path: Path) -> None:
     db.close()
     store = Store(db_path)
     try:
-        assert store.schema_version() == SCHEMA_VERSION == 3
+        assert store.schema_version() == SCHEMA_VERSION == 4
         failed, opened = store.live_positions()
         assert (failed.symbol, failed.state, failed.client_order_id, failed.close_attempts) == (
             "AAA", State.CLOSE_FAILED, "tg-old", 4)

@@ -26,11 +26,12 @@ from tradeguard.errors import PositionError, StoreError
 from tradeguard.positions import Position, Side, State
 from tradeguard.prices import Tick
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Version 2: state `released`; a `closed_at_broker` close has no exit price;
 # the filled part of a close (partial fills); whether its failure was alerted.
 # Version 3: the trailing stop and its best price; the product; the source.
+# Version 4: the kept instrument master of a broker (Kite).
 _POSITIONS = """
 CREATE TABLE IF NOT EXISTS positions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -120,7 +121,12 @@ def _v2_to_v3(db: sqlite3.Connection) -> None:
     db.execute("DROP TABLE positions_v2")
 
 
-_MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3}  # from version N to N + 1
+def _v3_to_v4(db: sqlite3.Connection) -> None:
+    """The instrument master's table: an older TradeGuard kept no list."""
+    db.execute(_INSTRUMENTS)
+
+
+_MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}  # from version N to N + 1
 
 
 # ?1 best, ?2 stop, ?3 id, ?4 trailing_stop_pct (see Store.move_stops)
