@@ -33,7 +33,8 @@ CLOSE_WORKERS = 32
 
 class MonitorActor(GuardActor):
     def setup(self) -> None:
-        self._monitor = Monitor(self._settings(), self.services.monitor_memory)
+        self._monitor = Monitor(self._settings(), self.services.monitor_memory,
+                                market=self.services.market)
         self._pool = self.own_pool(CLOSE_WORKERS, "close")
         self._reload()
         self._submit_all(self._monitor.recover())

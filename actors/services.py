@@ -18,6 +18,7 @@ from tradeguard.brokers import Broker
 from tradeguard.closing import Closer
 from tradeguard.config import Config
 from tradeguard.health import DnsStatus, FeedStatus, MonitorStatus
+from tradeguard.market import Market
 from tradeguard.metrics import Metrics
 from tradeguard.monitoring import Memory
 from tradeguard.net.resolver import Resolver
@@ -79,3 +80,4 @@ class Services:
     faults: Faults = field(default_factory=Faults)
     blind_repeat: float = 60.0  # seconds between repeated blind alerts for one position
     system_lookup: Callable[[str], list[str]] | None = None
+    market: Market | None = None  # the trading day (SPEC §14); None: every market always open

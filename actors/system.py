@@ -40,6 +40,7 @@ from tradeguard.closing import Closer
 from tradeguard.config import Config
 from tradeguard.guard import ActorPorts, Guard, Statuses
 from tradeguard.health import DnsStatus, FeedStatus, MonitorStatus
+from tradeguard.market import Market
 from tradeguard.metrics import Metrics
 from tradeguard.net.resolver import Resolver, SystemLookup
 from tradeguard.notify.outbox import OutboxAlerts
@@ -89,9 +90,10 @@ class System:
         broker, closer = _closer(cfg, store, cache, resolver=resolver, sink=sink,
                                  metrics=metrics, broker=broker)
         statuses = Statuses(FeedStatus(), DnsStatus(), MonitorStatus())
+        market = Market.from_config(cfg)
         self.guard = Guard(
             cfg, store=store, cache=cache, closer=closer, metrics=metrics, statuses=statuses,
-            api_token=self.api_token,
+            api_token=self.api_token, market=market,
             actors=ActorPorts(self._positions_changed, self.supervisor.status,
                               self.inject_fault),
         )
@@ -101,7 +103,7 @@ class System:
             api=ApiEndpoint(self.guard, cfg.api.port if api_port is None else api_port),
             handles=self.supervisor.handles, feed_status=statuses.feed,
             dns_status=statuses.dns, monitor_status=statuses.monitor,
-            system_lookup=system_lookup,
+            system_lookup=system_lookup, market=market,
         )
         metrics.expect_actors(self.services.handles)  # restart counters at 0 from the start
         metrics.add_state(self.guard.readings)

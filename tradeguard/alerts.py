@@ -273,6 +273,17 @@ def position_closed(
     )
 
 
+def squared_off(symbols: list[str]) -> Alert:
+    """market.square_off reached: every intraday position is being closed (one alert for all)."""
+    many = len(symbols) > 1
+    return _alert(
+        "square_off", Severity.WARNING,
+        f"Square-off: closing {len(symbols)} intraday position{'s' if many else ''}",
+        "Closing " + _listed(symbols),
+        "Each close is reported as it fills. Nothing to do.",
+    )
+
+
 def close_failed(symbol: str, attempts: int, error: str) -> Alert:
     # Not "close it at your broker": without a release TradeGuard's next retry
     # would then sell what is no longer there, a reverse position (finding A1).

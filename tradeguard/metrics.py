@@ -40,6 +40,7 @@ class Readings:
     dns_servers_up: dict[str, bool] = field(default_factory=dict)
     actors_up: dict[str, bool] = field(default_factory=dict)
     notifications_queued: int = 0
+    market_open: dict[str, bool] = field(default_factory=dict)  # exchange -> in session
 
 
 class StateCollector(Collector):
@@ -75,6 +76,12 @@ class StateCollector(Collector):
         yield actors
         yield _gauge("notifications_queued", "Alerts in the outbox not yet delivered",
                      r.notifications_queued)
+        markets = GaugeMetricFamily(PREFIX + "market_open", "1 while the exchange's session is "
+                                    "open (orders go out), 0 while it is closed",
+                                    labels=["exchange"])
+        for exchange, is_open in sorted(r.market_open.items()):
+            markets.add_metric([exchange], 1 if is_open else 0)
+        yield markets
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

@@ -23,6 +23,13 @@ The rules, and why:
 - A close someone else owns (409) is theirs: nothing is done about it. A close
   of ours that died between claim and record is reconciled with backoff, and
   a `closing` position nobody finishes is reconciled after `stuck_after`.
+- The trading day (SPEC §14): while a position's exchange is closed nothing is
+  decided for it (no stale or blind alert, no close of any kind); a price
+  received before its session opened counts as one from before the position
+  opened, so a level crossed overnight is acted on at the first tick after
+  the open, never on last night's cached price. At `market.square_off` on a
+  trading day, every intraday position whose market is open is closed, once,
+  with one alert for all of them.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from dataclasses import dataclass, field
 from tradeguard import alerts
 from tradeguard.backoff import Backoff
 from tradeguard.errors import PositionError
+from tradeguard.market import Market, intraday
 from tradeguard.positions import Position, Reason, State, safe_band, trigger
 from tradeguard.prices import Freshness, Quote, Tick, tick_symbol
 
@@ -110,6 +118,8 @@ class _Sweep:
     blind: list[tuple[Position, Quote | None]] = field(default_factory=list)
     priced: list[tuple[str, float, float]] = field(default_factory=list)
     stale: list[tuple[str, float, float]] = field(default_factory=list)
+    session: float = -math.inf  # the position at hand: its session_from
+    squared: list[CloseRequest] = field(default_factory=list)
 
 
 @dataclass
@@ -128,6 +138,7 @@ class Memory:
     failed_tried: dict[Key, float] = field(default_factory=dict)
     failed_warned: dict[Key, float] = field(default_factory=dict)
     recovered: bool = False  # the first incarnation has reconciled what a crash left closing
+    squared_off: str = ""  # the trading day (ISO date) square-off last ran on
 
     def prune(self, alive: set[Key]) -> None:
         """Forget positions that are gone, so a later one on the symbol starts afresh."""
@@ -141,10 +152,12 @@ class Monitor:
     """One incarnation's stop engine over the live positions."""
 
     def __init__(self, settings: Settings, memory: Memory,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 market: Market | None = None) -> None:
         self.settings = settings
         self.memory = memory
         self._clock = clock
+        self._market = market  # None: every position's market is always open
         self._positions: dict[str, Position] = {}
         self._in_flight: set[str] = set()
         self._recent: deque[Sequence[Tick]] = deque()
@@ -179,13 +192,15 @@ class Monitor:
         if self.memory.recovered:
             return []
         self.memory.recovered = True
+        # One on a closed market waits: its stuck timer reconciles it after the open.
         return [self._request(p.symbol, RECONCILE) for p in self._positions.values()
-                if p.state is State.CLOSING and p.symbol not in self._in_flight]
+                if p.state is State.CLOSING and p.symbol not in self._in_flight
+                and self.session_from(p.symbol, self._clock()) < math.inf]
 
     def _replay(self, position: Position) -> CloseRequest | None:
         if position.symbol in self._in_flight:
             return None  # judged when that close ends (close_done)
-        since = judged_from(position)
+        since = max(judged_from(position), self.session_from(position.symbol, self._clock()))
         for batch in self._recent:
             for tick in batch:
                 if tick.symbol == position.symbol and tick.received_at >= since:
@@ -205,7 +220,9 @@ class Monitor:
         # Under load a batch holds thousands of ticks: each is compared with its
         # position's band, built once per batch, and only a tick outside the
         # band goes through the stop rules.
-        checks = {symbol: (safe_band(position), position, judged_from(position))
+        session = self._sessions(self._clock())
+        checks = {symbol: (safe_band(position), position,
+                           max(judged_from(position), session(symbol)))
                   for symbol in set(map(tick_symbol, ticks)) & positions.keys()
                   if (position := positions[symbol]).state is State.OPEN
                   and symbol not in self._in_flight}
@@ -216,7 +233,7 @@ class Monitor:
                 continue
             _, position, since = check
             if tick.received_at < since:
-                continue  # from before this position existed or took these levels
+                continue  # from before this position existed, took these levels, or its session
             reason = trigger(position, tick.price)
             if reason is not None:
                 requests.append(self._request(tick.symbol, reason, tick))
@@ -271,8 +288,14 @@ class Monitor:
     def sweep(self, now: float, quote_of: Callable[[str], Quote | None]) -> SweepResult:
         """Re-check every position on the cache at `now` (monotonic)."""
         sweep = _Sweep(now)
+        session = self._sessions(now)
+        squaring = self._square_off_due()
         for symbol, position in self._positions.items():
             if symbol in self._in_flight:
+                continue
+            sweep.session = session(symbol)
+            if sweep.session == math.inf:
+                self._market_closed(position)
                 continue
             if position.state is State.CLOSING:
                 self._watch_closing(position, now, sweep.result)
@@ -280,8 +303,11 @@ class Monitor:
             self._closing_since.pop(key(position), None)
             if position.state is State.CLOSE_FAILED:
                 self._retry_failed(position, now, sweep.result)
+            elif squaring and position.state is State.OPEN and intraday(position):
+                sweep.squared.append(self._request(symbol, Reason.SQUARE_OFF))
             elif position.state is State.OPEN:
                 self._check(position, quote_of(symbol), sweep)
+        self._square_off(sweep)
         self._stale_alerts(sweep)
         self._blind_alerts(sweep.blind, now, sweep.result)
         if sweep.priced:
@@ -291,9 +317,9 @@ class Monitor:
 
     def _check(self, position: Position, quote: Quote | None, sweep: _Sweep) -> None:
         result = sweep.result
-        if quote is not None and quote.received_at < opened_from(position):
-            quote = None  # from before the position opened: it decides nothing (A5)
-        if quote is None and self._awaiting(position, sweep.now):
+        if quote is not None and quote.received_at < max(opened_from(position), sweep.session):
+            quote = None  # from before the position or its session opened: decides nothing (A5)
+        if quote is None and self._awaiting(position, sweep.now, sweep.session):
             return
         if quote is None or not quote.usable:
             result.blind.add(position.symbol)
@@ -311,12 +337,12 @@ class Monitor:
                            position.symbol, quote.price, quote.age, reason)
             result.closes.append(self._request(position.symbol, reason))
 
-    def _awaiting(self, position: Position, now: float) -> bool:
-        # A position just opened (or a process just started) has had no chance
-        # to see a tick yet: not blind until the feed has had the stale
-        # threshold's time to price it.
+    def _awaiting(self, position: Position, now: float, session: float = -math.inf) -> bool:
+        # A position just opened (or a process just started, or its market just
+        # opened) has had no chance to see a tick yet: not blind until the feed
+        # has had the stale threshold's time to price it.
         opened = self.memory.started if position.opened_mono is None else position.opened_mono
-        return now - opened < self.settings.stale_after
+        return now - max(opened, session) < self.settings.stale_after
 
     def _note_freshness(self, position: Position, quote: Quote, sweep: _Sweep) -> None:
         if quote.freshness is not Freshness.STALE:
@@ -360,6 +386,57 @@ class Monitor:
                         ", ".join(names[:alerts.MAX_LISTED]),
                         " ..." if len(names) > alerts.MAX_LISTED else "")
         result.alerts.append(alert)
+
+    # The trading day --------------------------------------------------------
+
+    def session_from(self, symbol: str, now: float) -> float:
+        """The monotonic time from which a price may decide for `symbol`'s market.
+
+        -inf for a market that never closes; +inf while it is closed; else the
+        moment its session opened, carried over from wall time to `now`.
+        """
+        market = self._market
+        if market is None:
+            return -math.inf
+        opened = market.opened_at(market.exchange_of(symbol))
+        if opened is None or opened == -math.inf:
+            return math.inf if opened is None else -math.inf
+        return now - max(0.0, market.now() - opened)
+
+    def _sessions(self, now: float) -> Callable[[str], float]:
+        """`session_from` for many symbols at `now`, worked out once per exchange."""
+        market, memo = self._market, dict[str, float]()
+        if market is None:
+            return lambda symbol: -math.inf
+
+        def of(symbol: str) -> float:
+            exchange = market.exchange_of(symbol)
+            if exchange not in memo:
+                memo[exchange] = self.session_from(symbol, now)
+            return memo[exchange]
+        return of
+
+    def _market_closed(self, position: Position) -> None:
+        # Tomorrow's first blind or stale spell is news again; last night's is not.
+        self.memory.blind_since.pop(key(position), None)
+        self.memory.stale.discard(key(position))
+
+    def _square_off_due(self) -> bool:
+        day = None if self._market is None else self._market.square_off_day()
+        if day is None or day.isoformat() == self.memory.squared_off:
+            return False
+        self.memory.squared_off = day.isoformat()
+        return True
+
+    def _square_off(self, sweep: _Sweep) -> None:
+        if not sweep.squared:
+            return
+        sweep.result.closes += sweep.squared
+        symbols = sorted(request.symbol for request in sweep.squared)
+        logger.warning("[MONITOR] square-off: closing %d intraday position(s): %s%s",
+                       len(symbols), ", ".join(symbols[:alerts.MAX_LISTED]),
+                       " ..." if len(symbols) > alerts.MAX_LISTED else "")
+        sweep.result.alerts.append(alerts.squared_off(symbols))
 
     def _retry_failed(self, position: Position, now: float, result: SweepResult) -> None:
         memory, k = self.memory, key(position)
