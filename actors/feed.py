@@ -15,6 +15,10 @@ The subscription is `feed.symbols` plus the symbols of live positions:
 `Subscribe` adds to it at once, and each reconnect rebuilds it from the
 store, so a closed position's symbol is no longer asked for (finding C14).
 
+While every market of the subscription is closed (SPEC §14), a quiet feed
+is the night, not a dead connection: the watchdog's silence timeout does not
+count (its pings still do).
+
 The actor's own mailbox only takes `Subscribe` messages (and the reader's
 death notice), so it always answers the supervisor's ping promptly.
 """
@@ -94,6 +98,15 @@ class FeedActor(GuardActor):
             self._wanted = self._always | live
             self._unsent.clear()
             return sorted(self._wanted)
+
+    def quiet_is_night(self) -> bool:
+        """True while every exchange of the subscription is closed: silence is expected."""
+        market = self.services.market
+        if market is None:
+            return False
+        with self._lock:
+            wanted = set(self._wanted)
+        return market.all_closed(wanted)
 
     def take_unsent(self) -> list[str]:
         """Symbols added since the last subscribe on this connection."""
@@ -201,7 +214,8 @@ class _Reader:
     def _read(self, conn: FeedConnection) -> None:
         cfg = self.cfg
         dog = Watchdog(ping_interval=cfg.ping_interval, ping_timeout=cfg.ping_timeout,
-                       silence_timeout=cfg.silence_timeout, clock=time.monotonic)
+                       silence_timeout=cfg.silence_timeout, clock=time.monotonic,
+                       quiet_ok=self.actor.quiet_is_night)
         self._subscribe(conn, self.actor.subscription(), everything=True)
         while not self.stop.is_set():
             failure = dog.failure()

@@ -106,3 +106,27 @@ def test_a_clock_that_steps_back_never_kills(clock: Clock) -> None:
     clock.now -= 3600.0
     assert w.failure() is None
     assert not w.ping_due()
+
+
+def test_a_quiet_feed_while_every_market_is_closed_is_not_dead(clock: Clock) -> None:
+    """SPEC §14: the night's silence does not count; from the open it counts afresh."""
+    closed = [True]
+    w = Watchdog(ping_interval=1e9, ping_timeout=5.0, silence_timeout=60.0, clock=clock,
+                 quiet_ok=lambda: closed[0])
+    for _ in range(100):  # 100 minutes of a night without a byte
+        clock.now += 60.0
+        assert w.failure() is None
+    closed[0] = False  # the open: silence counts again, from now, not from the last byte
+    clock.now += 59.0
+    assert w.failure() is None
+    clock.now += 1.1
+    assert "silence timeout" in str(w.failure())
+
+
+def test_an_unanswered_ping_kills_even_while_the_markets_are_closed(clock: Clock) -> None:
+    w = Watchdog(ping_interval=10.0, ping_timeout=5.0, silence_timeout=60.0, clock=clock,
+                 quiet_ok=lambda: True)
+    clock.now += 10.0
+    assert w.ping_due()
+    clock.now += 5.1
+    assert "half-open" in str(w.failure())

@@ -6,6 +6,11 @@ received from the peer: a tick, a heartbeat, a ping or a pong. A connection
 is dead when no byte at all arrived for `silence_timeout`, or for
 `ping_timeout` after a ping was sent.
 
+While every market the feed prices is closed (SPEC §14), a quiet feed is
+just the night: `quiet_ok` says so, and the silence timeout does not count
+(from then until the markets open the clock starts afresh). Pings still go
+out and an unanswered one still kills, so a dead connection is still found.
+
 A byte received after the ping counts as its answer (finding C11): in a burst
 the pong sits behind ticks the reader has not parsed yet, and waiting for
 the pong itself would drop a busy, healthy connection exactly when the market
@@ -17,6 +22,7 @@ blocks or starts a thread, and a clock that steps backwards never kills.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 
@@ -30,11 +36,14 @@ class Watchdog:
         ping_timeout: float,
         silence_timeout: float,
         clock: Callable[[], float],
+        quiet_ok: Callable[[], bool] = lambda: False,
     ) -> None:
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
         self._silence_timeout = silence_timeout
         self._clock = clock
+        self._quiet_ok = quiet_ok
+        self._excused_at = -math.inf  # the last time silence was excused (markets closed)
         now = clock()
         self._last_life = now
         self._last_ping = now
@@ -61,8 +70,11 @@ class Watchdog:
     def failure(self) -> str | None:
         """Why the connection is dead, or None while it is alive."""
         now = self._clock()
-        if now - self._last_life > self._silence_timeout:
-            return f"no frame for {now - self._last_life:.1f}s (silence timeout)"
+        if self._quiet_ok():
+            self._excused_at = now
+        silent = now - max(self._last_life, self._excused_at)
+        if silent > self._silence_timeout:
+            return f"no frame for {silent:.1f}s (silence timeout)"
         pinged = self._unanswered_since
         if pinged is not None and now - pinged > self._ping_timeout:
             return f"no pong within {self._ping_timeout:.1f}s (half-open connection)"
