@@ -11,6 +11,12 @@ follow the backoff schedule forever; every `dns_check_every` failed attempts
 the DnsHealthActor is asked for a check. Feed lost and restored are one alert
 each per transition.
 
+A handshake that refuses the credentials (401/403, `TokenRejected`) is not
+a network error (SPEC §12): one critical alert per refused token,
+`token_ok` false, no DNS check, and no reconnect storm: the next attempt
+waits `reconnect_max_delay`, unless the protocol's `credential()` changes
+first (a new token in the file, SIGHUP, the API), and then goes at once.
+
 The subscription is `feed.symbols` plus the symbols of live positions:
 `Subscribe` adds to it at once, and each reconnect rebuilds it from the
 store, so a closed position's symbol is no longer asked for (finding C14).
@@ -36,7 +42,7 @@ from actors.base import GuardActor
 from actors.messages import Kick, Subscribe, TickBatch
 from tradeguard import alerts
 from tradeguard.backoff import Backoff
-from tradeguard.errors import FeedError, ResolverError
+from tradeguard.errors import FeedError, ResolverError, TokenRejected
 from tradeguard.feed import FeedProtocol, Frame, make_protocol
 from tradeguard.feed.connection import READ_TIMEOUT, FeedConnection
 from tradeguard.feed.watchdog import Watchdog
@@ -45,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 MAX_BATCH_FRAMES = 500
 REJECT_LOG_EVERY = 10.0
+TOKEN_POLL = 0.25  # seconds between looks for a new token while the feed refuses the old one
 
 __all__ = ["MAX_BATCH_FRAMES", "READ_TIMEOUT", "FeedActor"]
 
@@ -61,7 +68,7 @@ def _normal(symbol: str) -> str:
 class FeedActor(GuardActor):
     def setup(self) -> None:
         cfg = self.services.cfg.feed
-        self.protocol: FeedProtocol = make_protocol(self.services.cfg)
+        self.protocol: FeedProtocol = make_protocol(self.services.cfg, self.services.venue)
         self.host = urlsplit(cfg.url).hostname or ""
         self._lock = threading.Lock()
         self._always = {_normal(s) for s in cfg.symbols if s.strip()}
@@ -134,12 +141,13 @@ class _Reader:
         self.down_since: float | None = None  # time.monotonic()
         self.last_reject_log = 0.0
         self.seen_bytes = 0
+        self.refused: str | None = None  # the credential the feed refused, until one works
 
     def run(self) -> None:
         while not self.stop.is_set():
             conn = self._connect()
             if conn is None:
-                self._wait_before_retry()
+                self._wait()
                 continue
             try:
                 self._read(conn)
@@ -150,13 +158,16 @@ class _Reader:
                 self.status.update(connected=False)
                 self.backoff.disconnected(time.monotonic())
             if not self.stop.is_set():
-                self._wait_before_retry()
+                self._wait()
 
     def _connect(self) -> FeedConnection | None:
         try:
             target = self.protocol.target()  # asked anew: it may be a one-time URL
             self.host = urlsplit(target.url).hostname or self.host
             resolution = self.services.resolver.resolve(self.host)
+        except TokenRejected as exc:
+            self._refused(str(exc))
+            return None
         except (ResolverError, FeedError) as exc:
             self._lost(str(exc))
             return None
@@ -164,6 +175,9 @@ class _Reader:
             conn = FeedConnection.open(
                 target, resolution.addresses, connect_timeout=self.cfg.connect_timeout,
                 ca_file=self.cfg.ca_file, max_message_bytes=self.protocol.max_frame_bytes)
+        except TokenRejected as exc:
+            self._refused(str(exc))  # the address answered: nothing to forget
+            return None
         except FeedError as exc:
             self.services.resolver.forget(self.host)  # the next attempt asks DNS again
             self._lost(str(exc))
@@ -177,8 +191,12 @@ class _Reader:
         self.backoff.connected(now)
         self.seen_bytes = 0
         self.status.update(host=self.host, connected=True, connected_ip=ip, resolved_via=via,
-                           connected_since=now, last_message_mono=now)
+                           connected_since=now, last_message_mono=now, token_ok=True)
         logger.info("[FEED] Connected to %s at %s (via %s)", self.host, ip, via)
+        if self.refused is not None:
+            self.refused, self.down_since = None, None  # one alert says both
+            if self.protocol.token_accepted():
+                self.services.alerts.alert(alerts.feed_token_accepted(self.host))
         if self.down_since is not None:
             down_for = now - self.down_since
             self.services.alerts.alert(alerts.feed_restored(self.host, ip, via, down_for))
@@ -194,6 +212,35 @@ class _Reader:
             self.services.alerts.alert(alerts.feed_lost(self.host, error))
         if self.failures % self.cfg.dns_check_every == 0:
             self.ctx.tell("DnsHealthActor", Kick("feed reconnect failures"))
+
+    def _refused(self, error: str) -> None:
+        """The feed refused the credentials: one alert per refused one, never a storm."""
+        self.status.update(token_ok=False, last_error=error)
+        logger.warning("[FEED] %s: %s", self.host, error)
+        credential = self.protocol.credential()
+        if credential != self.refused and self.protocol.token_rejected():
+            self.services.alerts.alert(alerts.feed_token_rejected(self.host, error))
+        self.refused = credential
+
+    def _wait(self) -> None:
+        if self.refused is None:
+            self._wait_before_retry()
+        else:
+            self._wait_for_token()
+
+    def _wait_for_token(self) -> None:
+        """Until `reconnect_max_delay` passed or the credentials changed, whichever is first."""
+        self.status.count_attempt()
+        self.services.metrics.feed_reconnect_attempts.inc()
+        delay = self.cfg.reconnect_max_delay
+        logger.info("[FEED] Token refused: trying again in %.2fs, or at once with a new token",
+                    delay)
+        deadline = time.monotonic() + delay
+        while not self.stop.is_set() and self.protocol.credential() == self.refused:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self.stop.wait(min(TOKEN_POLL, left))
 
     def _wait_before_retry(self) -> None:
         delay = self.backoff.next_delay()

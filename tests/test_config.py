@@ -26,7 +26,8 @@ from tradeguard.net.addresses import is_loopback, parse_server
 # changed default is a failing test, not a silently changed contract.
 SPEC_DEFAULTS: dict[str, dict[str, Any]] = {
     "feed": {
-        "url": "", "protocol": "json", "symbols": [], "ca_file": "", "connect_timeout": 10,
+        "url": "", "protocol": "json", "mode": "", "symbols": [], "ca_file": "",
+        "connect_timeout": 10,
         "reconnect_initial_delay": 1.0, "reconnect_max_delay": 60.0, "reconnect_jitter": 0.5,
         "stable_after": 10.0, "ping_interval": 10.0, "ping_timeout": 5.0,
         "silence_timeout": 15.0, "dns_check_every": 3,
@@ -62,6 +63,7 @@ SPEC_TOML = """
 [feed]
 url = "wss://feed.example.com/ws"
 protocol = "json"
+mode = ""
 symbols = []
 ca_file = ""
 connect_timeout = 10

@@ -311,3 +311,31 @@ def test_the_stand_ins_frames_decode_to_the_ticks_the_sdk_reads() -> None:
             (f"T:{t['instrument_token']}", pytest.approx(t["last_price"], abs=1e-9))
             for t in vector["ticks"]], vector["name"]
         assert parsed.heartbeat == (not vector["ticks"]), vector["name"]
+
+
+# Config ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("protocol", "mode", "problem"), [
+    ("kite", "", None), ("kite", "full", None), ("kite", "quote", None),
+    ("kite", "fast", "feed.mode: feed.protocol 'kite' has no mode 'fast' "
+                     "(known: 'ltp', 'quote', 'full')"),
+    ("json", "", None),
+    ("json", "full", "feed.mode: feed.protocol 'json' has no mode 'full' (leave it empty)"),
+])
+def test_feed_mode_is_checked_against_the_protocol(
+    monkeypatch: pytest.MonkeyPatch, protocol: str, mode: str, problem: str | None,
+) -> None:
+    from tradeguard.config import config_from_mapping
+    from tradeguard.errors import ConfigError
+    from tradeguard.feed import PROTOCOLS
+
+    monkeypatch.setitem(PROTOCOLS, "kite", PROTOCOLS.get("kite", PROTOCOLS["json"]))
+    raw = {"feed": {"protocol": protocol, "mode": mode},
+           "broker": {"api_key": "apikey1", "token": "access-SECRET"}}
+    if problem is None:
+        assert config_from_mapping(raw, {}).feed.mode == mode
+    else:
+        with pytest.raises(ConfigError) as caught:
+            config_from_mapping(raw, {})
+        assert problem in caught.value.problems

@@ -111,6 +111,27 @@ def feed_restored(host: str, ip: str, via: str, down_seconds: float) -> Alert:
     )
 
 
+def feed_token_rejected(host: str, error: str) -> Alert:
+    """The feed refused the access token at the handshake (SPEC §12): one per refused token."""
+    return _alert(
+        "feed_token_rejected", Severity.CRITICAL,
+        f"Price feed refused the access token: {host}",
+        f"Error: {_error(error)}",
+        "TradeGuard tries again only every feed.reconnect_max_delay, and at once when a new "
+        "token arrives; stops are checked on cached prices meanwhile.",
+        "You can: log in at the broker, then write the new token to broker.token_file, send "
+        "SIGHUP, or POST it to /api/v1/broker/token.",
+    )
+
+
+def feed_token_accepted(host: str) -> Alert:
+    return _alert(
+        "feed_token_accepted", Severity.INFO,
+        f"Price feed accepts the access token again: {host}",
+        "Live prices again; nothing to do.",
+    )
+
+
 def dns_down(error: str) -> Alert:
     return _alert(
         "dns_down", Severity.WARNING,

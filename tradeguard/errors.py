@@ -23,6 +23,15 @@ class FeedError(TradeGuardError):
     """The price feed could not be reached or spoke nonsense."""
 
 
+class TokenRejected(FeedError):
+    """The feed refused the credentials at the WebSocket handshake (401/403), not a network error.
+
+    The same token only gets the same refusal (and a venue that counts them may
+    block the address: openalgo#788, #1371), so the feed waits for a new token
+    instead of reconnecting as it does after a network error.
+    """
+
+
 class BrokerError(TradeGuardError):
     """The broker refused, failed or could not be reached for an order."""
 

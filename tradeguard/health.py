@@ -25,6 +25,7 @@ class FeedStatus:
     connected_since: float | None = None
     last_error: str | None = None
     rejected: dict[str, int] = field(default_factory=dict)
+    token_ok: bool | None = None  # False while the feed refuses the token (None: not known yet)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def update(self, **values: Any) -> None:
@@ -71,6 +72,7 @@ class FeedStatus:
                 "last_message_age_seconds": age,
                 "last_error": self.last_error,
                 "rejected_frames": dict(self.rejected),
+                "token_ok": self.token_ok,
             }
 
 

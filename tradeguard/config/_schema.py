@@ -14,6 +14,10 @@ MIN_API_TOKEN = 16  # characters; a shorter configured token is guessable (findi
 BlindPolicy = Literal["alert", "close"]
 BrokerKind = Literal["paper", "http", "kite", "upstox"]  # SPEC §3; tradeguard.brokers.KINDS builds
 FeedProtocolName = Literal["json", "kite", "upstox"]  # SPEC §3; tradeguard.feed.PROTOCOLS parses
+# feed.mode by feed.protocol (SPEC §3; kite: tradeguard.brokers.kite.protocol.MODES); "" is the
+# protocol's default (kite "ltp", upstox "ltpc"), and the only value json takes.
+FEED_MODES: dict[str, tuple[str, ...]] = {"json": (), "kite": ("ltp", "quote", "full"),
+                                          "upstox": ("ltpc", "full")}
 Product = Literal["MIS", "CNC", "NRML", "MTF", "I", "D"]  # SPEC §3: Kite's or Upstox's names
 
 
@@ -23,6 +27,7 @@ class FeedConfig:
     url: str = key("", url=("ws", "wss"))
     protocol: FeedProtocolName = key(  # noqa: RUF009 - key() is a dataclasses.field
         "json", registry="tradeguard.feed:PROTOCOLS")
+    mode: str = ""  # FEED_MODES[protocol]; checked in _load._check_relations
     symbols: tuple[str, ...] = ()
     ca_file: str = ""
     connect_timeout: float = key(10.0, above=0)  # seed CONNECTION_RETRY_TIMEOUT

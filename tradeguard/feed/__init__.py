@@ -71,6 +71,22 @@ class FeedProtocol(Protocol):
         """Ticks (stamped `received_at`, time.monotonic()), rejects and other messages."""
         ...
 
+    # A feed that refuses the credentials at the handshake (TokenRejected) is
+    # not asked again with the same ones (SPEC §12): the feed actor watches
+    # `credential()` and reconnects as soon as it changes.
+
+    def credential(self) -> str:
+        """A fingerprint of the credentials target() would use now (cheap, no I/O, no secret)."""
+        ...
+
+    def token_rejected(self) -> bool:
+        """The last target's credentials were refused: True if that is news (one alert)."""
+        ...
+
+    def token_accepted(self) -> bool:
+        """A connection opened: True if its credentials had been refused (say they work again)."""
+        ...
+
 
 ProtocolFactory = Callable[["Config"], FeedProtocol]
 

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import websocket
 
-from tradeguard.errors import FeedError
+from tradeguard.errors import FeedError, TokenRejected
 from tradeguard.feed import Frame, Target
 from tradeguard.feed.frames import BINARY, MAX_FRAGMENTS, PING, PONG, TEXT, FrameCutter
 from tradeguard.net.pinned import open_pinned, tls_context
@@ -42,6 +42,7 @@ RECV_BYTES = 1 << 18  # one read takes ~4,000 one-tick frames or ~80 fifty-tick 
 MAX_MESSAGE_BYTES = 1 << 20  # a protocol may say otherwise (FeedProtocol.max_frame_bytes)
 MAX_BATCH_BYTES = 1 << 22  # one batch holds at most this much plus one message
 READ_TIMEOUT = 0.25
+TOKEN_REFUSED = (401, 403)  # handshake answers that refuse the credentials (SPEC §12)
 
 
 class FeedConnection:
@@ -85,7 +86,9 @@ class FeedConnection:
         """Open the WebSocket at `target` through the first of `addresses` that works.
 
         `connect_timeout` bounds each address's TCP connect and TLS handshake,
-        and the WebSocket handshake. FeedError if no address works.
+        and the WebSocket handshake. FeedError if no address works;
+        TokenRejected at once if the feed refuses the credentials (401/403:
+        another address of the same feed would refuse them too).
         """
         host, port, secure = _parse_url(target.url)
         tls = _tls(ca_file) if secure else None
@@ -96,6 +99,8 @@ class FeedConnection:
             left = left[left.index(ip) + 1:]
             try:
                 ws = _handshake(target, sock, f"{host} at {ip}:{port}")
+            except TokenRejected:
+                raise
             except FeedError as exc:
                 failure = exc
                 continue
@@ -255,6 +260,15 @@ def _handshake(target: Target, sock: socket.socket, where: str) -> websocket.Web
         ws.connect(  # type: ignore[no-untyped-call]
             target.url, socket=sock, redirect_limit=0, header=headers
         )
+    except websocket.WebSocketBadStatusException as exc:
+        sock.close()
+        if exc.status_code in TOKEN_REFUSED:
+            # Not the exception's text: the answer may echo what was sent. The
+            # URL (which carries the token) is never in a message.
+            raise TokenRejected(f"the feed at {where} refused the credentials at the "
+                                f"handshake (HTTP {exc.status_code})") from None
+        raise FeedError(f"cannot open the feed WebSocket to {where}: HTTP "
+                        f"{exc.status_code}") from None
     except (OSError, websocket.WebSocketException) as exc:
         sock.close()
         raise FeedError(f"cannot open the feed WebSocket to {where}: {exc}") from exc

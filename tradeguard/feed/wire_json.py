@@ -56,6 +56,15 @@ class JsonProtocol:
     def parse(self, frames: Iterable[Frame], received_at: float) -> Parsed:
         return parse_frames(frames, received_at, self._names)
 
+    def credential(self) -> str:
+        return ""  # a json feed's credentials, if any, are in its static URL: they never change
+
+    def token_rejected(self) -> bool:
+        return True
+
+    def token_accepted(self) -> bool:
+        return True
+
 
 def subscribe_frame(symbols: Iterable[str]) -> str:
     """The text frame that subscribes to `symbols`."""
