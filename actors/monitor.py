@@ -21,7 +21,7 @@ from typing import Any
 
 from actors.base import GuardActor
 from actors.messages import PositionsChanged, Subscribe, TickBatch, Timer, WorkerDone
-from tradeguard.errors import PositionError, TradeGuardError
+from tradeguard.errors import PositionError, StoreError, TradeGuardError
 from tradeguard.monitoring import RECONCILE, CloseRequest, Monitor, Settings
 
 logger = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ class MonitorActor(GuardActor):
             logger.warning("[MONITOR] %s %s at %.4f crosses its %s", position.side.value,
                            request.symbol, request.hint.price, request.reason)
         self.services.metrics.tick_to_decision.observe(time.monotonic() - batch.received_mono)
+        self._store_moves()  # after the decisions: a commit never delays one
 
     def _sweep(self) -> None:
         # The store is read again each sweep, so a missed PositionsChanged, or a
@@ -85,6 +86,25 @@ class MonitorActor(GuardActor):
         for alert in result.alerts:
             self.services.alerts.alert(alert)
         self.services.monitor_status.update(result.blind, result.stale, now)
+        self._store_moves()  # also those a reload's replay made
+
+    def _store_moves(self) -> None:
+        """Store the trailing stops the engine moved: one commit, one row per position.
+
+        The backstop (SPEC §13), once there is one, is handed the same moves here
+        and rate-limits its GTT changes itself. A failed write is logged; the
+        engine keeps the moved stop, and the next move writes it again.
+        """
+        moved = self._monitor.take_moves()
+        if not moved:
+            return
+        try:
+            stored = self.services.store.move_stops(moved)
+        except StoreError as exc:
+            logger.error("[MONITOR] trailing-stop moves of %d position(s) not stored: %s",
+                         len(moved), exc)
+            return
+        self.services.metrics.trailing_stop_moves.inc(stored)
 
     # Closing ---------------------------------------------------------------
 

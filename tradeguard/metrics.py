@@ -117,6 +117,9 @@ class Metrics:
                                       "supervisor", ["actor"], registry=reg)
         self.notifications = Counter(PREFIX + "notifications", "Alert deliveries, by result",
                                      ["result"], registry=reg)
+        self.trailing_stop_moves = Counter(
+            PREFIX + "trailing_stop_moves", "Trailing-stop moves stored (at most one per "
+            "position per tick batch)", registry=reg)
         # Alert rules watch failed closes with increase(): a series that first
         # appears at 1 shows no increase, so the first failure would go unseen.
         for reason in REASONS:

@@ -23,6 +23,10 @@ The rules, and why:
 - A close someone else owns (409) is theirs: nothing is done about it. A close
   of ours that died between claim and record is reconciled with backoff, and
   a `closing` position nobody finishes is reconciled after `stuck_after`.
+- A trailing stop moves on every tick that betters its best price, before that
+  tick is checked against it, in the same pass (a tick outside the safe band);
+  moves are reported by `take_moves` for the caller to store, and a reload
+  from a store that is behind never steps a stop back.
 - The trading day (SPEC §14): while a position's exchange is closed nothing is
   decided for it (no stale or blind alert, no close of any kind); a price
   received before its session opened counts as one from before the position
@@ -39,13 +43,22 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tradeguard import alerts
 from tradeguard.backoff import Backoff
 from tradeguard.errors import PositionError
 from tradeguard.market import Market, intraday
-from tradeguard.positions import Position, Reason, State, safe_band, trigger
+from tradeguard.positions import (
+    Position,
+    Reason,
+    State,
+    better,
+    safe_band,
+    tighter,
+    trail,
+    trigger,
+)
 from tradeguard.prices import Freshness, Quote, Tick, tick_symbol
 
 logger = logging.getLogger(__name__)
@@ -159,6 +172,7 @@ class Monitor:
         self._clock = clock
         self._market = market  # None: every position's market is always open
         self._positions: dict[str, Position] = {}
+        self._moves: dict[str, Position] = {}  # trailing stops moved since take_moves
         self._in_flight: set[str] = set()
         self._recent: deque[Sequence[Tick]] = deque()
         self._recent_count = 0
@@ -177,7 +191,8 @@ class Monitor:
 
     def set_positions(self, live: Iterable[Position]) -> list[CloseRequest]:
         """Take the store's live positions; check new or re-levelled ones on recent ticks."""
-        old, self._positions = self._positions, {p.symbol: p for p in live}
+        old = self._positions
+        self._positions = {p.symbol: _kept_trail(old.get(p.symbol), p) for p in live}
         alive = {key(p) for p in self._positions.values()}
         self.memory.prune(alive)
         for memo in (self._reconcile_at, self._reconcile_backoff, self._closing_since):
@@ -204,6 +219,7 @@ class Monitor:
         for batch in self._recent:
             for tick in batch:
                 if tick.symbol == position.symbol and tick.received_at >= since:
+                    position = self._trailed(position, tick.price)
                     reason = trigger(position, tick.price)
                     if reason is not None:
                         logger.warning("[MONITOR] %s crossed its %s at %.4f before the monitor"
@@ -234,11 +250,33 @@ class Monitor:
             _, position, since = check
             if tick.received_at < since:
                 continue  # from before this position existed, took these levels, or its session
+            if (moved := self._trailed(position, tick.price)) is not position:
+                position = moved  # the stop moves before this tick is checked against it
+                checks[tick.symbol] = (safe_band(position), position, since)
             reason = trigger(position, tick.price)
             if reason is not None:
                 requests.append(self._request(tick.symbol, reason, tick))
                 del checks[tick.symbol]
         return requests
+
+    def _trailed(self, position: Position, price: float) -> Position:
+        """`position` with its trailing stop moved by `price` (noted for take_moves), or itself."""
+        moved = trail(position, price)
+        if moved is None:
+            return position
+        self._positions[position.symbol] = self._moves[position.symbol] = moved
+        return moved
+
+    def take_moves(self) -> list[Position]:
+        """The positions whose trailing stop moved since the last call, each once, at its last move.
+
+        The caller stores them (one write per position per batch) and hands them
+        to the backstop when there is one (SPEC §13, which rate-limits its own
+        GTT changes): the engine itself does no I/O.
+        """
+        moves, self._moves = self._moves, {}
+        return [now for s, p in moves.items() if (now := self._positions.get(s)) is not None
+                and now.id == p.id and now.trailing_stop_pct == p.trailing_stop_pct]
 
     def _remember(self, ticks: Sequence[Tick]) -> None:
         # Whole batches, not per symbol: O(1) per batch on the hot path; the scan
@@ -468,5 +506,20 @@ class Monitor:
 
 def _same_levels(old: Position | None, new: Position) -> bool:
     return (old is not None and old.id == new.id and old.state is State.OPEN
-            and (old.stop_loss, old.take_profit, old.levels_mono)
-            == (new.stop_loss, new.take_profit, new.levels_mono))
+            and (old.stop_loss, old.take_profit, old.trailing_stop_pct, old.levels_mono)
+            == (new.stop_loss, new.take_profit, new.trailing_stop_pct, new.levels_mono))
+
+
+def _kept_trail(old: Position | None, new: Position) -> Position:
+    """The store's `new`, with the trail `old` had reached if the store is behind.
+
+    A move is written after the batch that made it, so a reload may read the
+    level from before it; the stop must not step back in between. Only for the
+    same position on the same trail and levels: a PATCH since decides afresh.
+    """
+    if (old is None or old.id != new.id or old.levels_mono != new.levels_mono
+            or new.trailing_stop_pct is None or old.trailing_stop_pct != new.trailing_stop_pct
+            or old.best is None or new.best is None or old.stop_loss is None):
+        return new
+    return replace(new, best=better(new.side, old.best, new.best),
+                   stop_loss=tighter(new.side, new.stop_loss, old.stop_loss))

@@ -266,10 +266,9 @@ def product_from(value: Any) -> str | None:
     """A checked `product` (either broker's spelling, SPEC §3); None: the broker.product default."""
     if value is None:
         return None
-    product = value.strip().upper() if isinstance(value, str) else None
-    if product not in PRODUCTS:
-        raise PositionError(f"product: must be one of {', '.join(PRODUCTS)}")
-    return product
+    if value not in PRODUCTS:
+        raise PositionError(f"product: must be one of {', '.join(PRODUCTS)} (or null)")
+    return str(value)
 
 
 OPEN_FIELDS = frozenset({"symbol", "side", "quantity", "entry_price", "stop_loss",

@@ -28,6 +28,7 @@ from tradeguard.positions import (
     Reason,
     close_from_request,
     position_from_request,
+    trailing_pct,
     validate_symbol,
 )
 from tradeguard.prices import valid_price
@@ -93,12 +94,20 @@ def _level(body: dict[str, Any], key: str) -> float | Keep | None:
     return float(value)
 
 
+def _trailing(body: dict[str, Any]) -> float | Keep | None:
+    if "trailing_stop_pct" not in body:
+        return KEEP
+    return trailing_pct(body["trailing_stop_pct"])  # a PositionError is a 400
+
+
 def levels_request(body: dict[str, Any]) -> LevelChange:
-    """A checked PATCH body: which levels move, and to what."""
+    """A checked PATCH body: which levels move, and to what (null ends a trailing stop)."""
     if not body:
-        raise ApiError("body: must be a JSON object with stop_loss and/or take_profit")
-    only_fields(body, ("stop_loss", "take_profit"))
-    return LevelChange(_level(body, "stop_loss"), _level(body, "take_profit"))
+        raise ApiError("body: must be a JSON object with stop_loss, take_profit and/or"
+                       " trailing_stop_pct")
+    only_fields(body, ("stop_loss", "take_profit", "trailing_stop_pct"))
+    return LevelChange(_level(body, "stop_loss"), _level(body, "take_profit"),
+                       _trailing(body))
 
 
 def fault_request(body: dict[str, Any]) -> tuple[str, str]:
