@@ -339,3 +339,47 @@ def test_feed_mode_is_checked_against_the_protocol(
         with pytest.raises(ConfigError) as caught:
             config_from_mapping(raw, {})
         assert problem in caught.value.problems
+
+
+# Bench ----------------------------------------------------------------------
+
+
+def test_bench_decode_kite_full_compares_with_the_sdk_parser_on_the_same_frames() -> None:
+    from tradeguard.tools.bench import decode
+
+    pytest.importorskip("kiteconnect")
+    row = decode.kite_full(0.05)
+    assert row["tradeguard_ticks_per_s"] > 0 and row["peer_ticks_per_s"] > 0
+    assert row["ratio"] == pytest.approx(
+        row["tradeguard_ticks_per_s"] / row["peer_ticks_per_s"], rel=0.01)
+    print(f"\ndecode.kite_full ratio {row['ratio']} (quick run)")
+
+
+def test_bench_reports_a_missing_peer_instead_of_faking_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    from tradeguard.tools.bench import decode
+
+    monkeypatch.setitem(sys.modules, "kiteconnect", None)
+    row = decode.kite_full(0.02)
+    assert row["tradeguard_ticks_per_s"] > 0
+    assert row["peer_ticks_per_s"] is None and row["ratio"] is None
+    assert "kiteconnect is not installed" in row["missing"]
+
+
+def test_the_bench_frames_decode_to_what_the_sdk_reads() -> None:
+    from tradeguard.tools.bench import decode
+
+    master = decode._Master()
+    frames = decode.full_frames(sorted(master.names))[:3]
+    f = KiteFeed("", "k", lambda: "t", master, "full")
+    f.target()
+    f.subscribe(sorted(master.tokens))
+    for data in frames:
+        ours = [(master.token(t.symbol), t.price) for t in f.parse([data], 0.0).ticks]
+        peer = sdk_prices(data)
+        assert len(ours) == decode.PACKETS_PER_FRAME
+        if peer is not None:
+            assert ours == peer

@@ -15,6 +15,8 @@ service is the real System (`bench_guard`) with one open position on each of
   sides, one clock on Linux). Then the same at full load: breaches inside a
   stream sent as fast as the service takes it. A breach without an order
   is missed.
+- Decode (`decode`): TradeGuard's venue decoders against the official
+  SDKs' own parsers on the same frames, in this process (`bench.decode`).
 - Memory: peak RSS of this process (which hosts the service), and its
   growth from the end of the throughput runs to the end of the bench.
 """
@@ -39,6 +41,7 @@ import websocket
 from tradeguard.errors import TradeGuardError
 from tradeguard.exits import EX_OK, EX_SOFTWARE
 from tradeguard.feed.wire_json import JSON_PARSER, loads, subscribe_frame
+from tradeguard.tools.bench import decode
 from tradeguard.tools.bench.guard import GuardUnderTest, breach_price, logging_to, resident_mb
 from tradeguard.tools.bench.server import FeedServer, Paced, Stream
 
@@ -49,7 +52,7 @@ GUARD_PATH, BASELINE_PATH = "/guard", "/baseline"
 JOB_TIMEOUT = 300.0
 ORDER_WAIT = 10.0  # seconds a breach's order may take before it counts as missed
 SEED = 20_260_107
-TARGETS = {"frame_1": 0.6, "frame_50": 0.8, "p99_ms": 5.0}
+TARGETS = {"frame_1": 0.6, "frame_50": 0.8, "p99_ms": 5.0, "decode": 10.0}
 
 
 @dataclass(frozen=True)
@@ -91,10 +94,12 @@ def measure(plan: Plan) -> dict[str, Any]:
         breached = set(order[:paced + plan.saturated_breaches])
         unexpected = len(set(guard.orders) - breached)
         growth = resident_mb() - rss_after_throughput
+    decoding = decode.measure(plan is QUICK)
     return {
         "cores": len(os.sched_getaffinity(0)),
         "throughput": throughput,
         "latency_ms": latency,
+        "decode": decoding,
         "missed_breaches": missed,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "rss_growth_mb": round(growth, 1),
@@ -222,6 +227,7 @@ def render(report: dict[str, Any]) -> str:
         f"missed breaches (paced and at full load): {report['missed_breaches']}   "
         f"closes without a breach: {report['unexpected_closes']}   "
         f"{_verdict(report['missed_breaches'] == 0 and report['unexpected_closes'] == 0)}",
+        *_decode_lines(report["decode"]),
         f"memory: peak RSS {report['peak_rss_mb']} MB, growth {report['rss_growth_mb']} MB "
         "after warm-up",
         "",
@@ -229,6 +235,19 @@ def render(report: dict[str, Any]) -> str:
         "on the same server stream; tradeguard: the real FeedActor -> CacheActor and MonitorActor.",
     ]
     return "\n".join(lines)
+
+
+def _decode_lines(decoding: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, row in decoding.items():
+        if row["ratio"] is None:
+            lines.append(f"decode {name}: peer missing ({row.get('missing', 'unknown')})")
+            continue
+        lines.append(f"decode {name}: {row['tradeguard_ticks_per_s']:,}/s against "
+                     f"{row['peer_ticks_per_s']:,}/s ({row.get('peer', 'the SDK')}), ratio "
+                     f"{row['ratio']:.1f}   target >= {TARGETS['decode']:g}  "
+                     f"{_verdict(row['ratio'] >= TARGETS['decode'])}")
+    return lines
 
 
 def _verdict(ok: bool) -> str:
