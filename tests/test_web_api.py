@@ -804,3 +804,133 @@ def test_d6_the_failure_table_stays_bounded_under_a_flood_of_addresses() -> None
         limit.failed(f"10.0.{n // 256}.{n % 256}")
     assert len(limit._clients) <= 4096
     assert limit.blocked_for("10.0.39.15") > 0  # the newest are still remembered
+
+
+# Trailing stops, products (issue 18) ---------------------------------------------------
+
+
+TRAIL = {**LONG, "stop_loss": None, "take_profit": None, "trailing_stop_pct": 5}
+
+
+def test_a_trailing_stop_needs_no_level_and_starts_at_the_entry(client: FlaskClient) -> None:
+    opened = open_position(client, TRAIL)
+    assert (opened["stop_loss"], opened["trailing_stop_pct"]) == (546.25, 5.0)  # 575 x 0.95
+    assert (opened["product"], opened["source"]) == ("MIS", "api")  # broker.product's default
+    assert positions(client)["BOSCHLTD"] == opened
+
+
+def test_a_given_stop_nearer_the_market_than_the_trail_stands(client: FlaskClient) -> None:
+    assert open_position(client, {**TRAIL, "stop_loss": 570.0})["stop_loss"] == 570.0
+    short = {**SHORT, "stop_loss": 1600.0, "trailing_stop_pct": 2}  # trail 1530 is nearer
+    assert open_position(client, short)["stop_loss"] == 1530.0
+
+
+@pytest.mark.parametrize("product", ["MIS", "CNC", "NRML", "MTF", "I", "D"])
+def test_either_brokers_product_names_are_kept(client: FlaskClient, product: str) -> None:
+    assert open_position(client, {**LONG, "product": product})["product"] == product
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [({"trailing_stop_pct": 0}, "trailing_stop_pct"),
+     ({"trailing_stop_pct": 100}, "trailing_stop_pct"),
+     ({"trailing_stop_pct": -5}, "trailing_stop_pct"),
+     ({"trailing_stop_pct": True}, "trailing_stop_pct"),
+     ({"trailing_stop_pct": "5"}, "trailing_stop_pct"),
+     ({"trailing_stop_pct": None, "stop_loss": None, "take_profit": None}, "at least one"),
+     ({"product": "XYZ"}, "product"),
+     ({"product": "cnc"}, "product"),
+     ({"product": 1}, "product")],
+)
+def test_a_bad_trailing_stop_or_product_is_400_and_not_stored(
+    client: FlaskClient, change: dict[str, Any], field: str
+) -> None:
+    resp = client.post("/api/v1/positions", json={**TRAIL, **change}, headers=AUTH)
+    assert_error(resp, 400, field)
+    assert positions(client) == {}
+
+
+def test_patch_starts_a_trail_at_the_latest_price(client: FlaskClient, world: World) -> None:
+    open_position(client)  # stop 560, target 600
+    world.tick("BOSCHLTD", 590.0)
+    resp = client.patch("/api/v1/positions/BOSCHLTD", json={"trailing_stop_pct": 5},
+                        headers=AUTH)
+    assert resp.status_code == 200, resp.get_json()
+    assert (resp.get_json()["stop_loss"], resp.get_json()["trailing_stop_pct"]) == (560.5, 5.0)
+    stored = world.store.live_position("BOSCHLTD")
+    assert stored is not None and stored.best == 590.0
+    assert world.actors.changed[-1] == "BOSCHLTD"
+
+
+def test_patch_null_ends_the_trail_and_leaves_the_stop(client: FlaskClient) -> None:
+    open_position(client, TRAIL)
+    resp = client.patch("/api/v1/positions/BOSCHLTD", json={"trailing_stop_pct": None},
+                        headers=AUTH)
+    assert resp.status_code == 200, resp.get_json()
+    assert (resp.get_json()["stop_loss"], resp.get_json()["trailing_stop_pct"]) == (546.25, None)
+
+
+def test_patch_a_wider_trail_never_loosens_the_stop(client: FlaskClient) -> None:
+    open_position(client, TRAIL)
+    resp = client.patch("/api/v1/positions/BOSCHLTD", json={"trailing_stop_pct": 10},
+                        headers=AUTH)
+    assert resp.status_code == 200 and resp.get_json()["stop_loss"] == 546.25
+
+
+def test_patch_a_trail_so_tight_it_passes_the_price_is_400(
+    client: FlaskClient, world: World
+) -> None:
+    open_position(client, TRAIL)
+    world.tick("BOSCHLTD", 560.0)  # below its best (575): 1% of 575 is 569.25, above 560
+    assert_error(client.patch("/api/v1/positions/BOSCHLTD", json={"trailing_stop_pct": 1},
+                              headers=AUTH), 400, "stop_loss: must be below the price (560)")
+    assert positions(client)["BOSCHLTD"]["trailing_stop_pct"] == 5.0
+
+
+@pytest.mark.parametrize("value", [0, 100, "2", False])
+def test_patch_a_bad_trailing_stop_is_400(client: FlaskClient, value: Any) -> None:
+    open_position(client, TRAIL)
+    assert_error(client.patch("/api/v1/positions/BOSCHLTD", json={"trailing_stop_pct": value},
+                              headers=AUTH), 400, "trailing_stop_pct")
+
+
+def test_a6_a_longs_target_may_move_below_entry_while_above_the_price(
+    client: FlaskClient, world: World
+) -> None:
+    """A6, targets: a long at 575 that fell to 565 may take what it can at 570."""
+    open_position(client)
+    world.tick("BOSCHLTD", 565.0)
+    resp = client.patch("/api/v1/positions/BOSCHLTD", json={"take_profit": 570.0}, headers=AUTH)
+    assert resp.status_code == 200, resp.get_json()
+    assert_error(client.patch("/api/v1/positions/BOSCHLTD", json={"take_profit": 564.0},
+                              headers=AUTH), 400, "take_profit: must be above the price (565)")
+
+
+def test_a6_a_shorts_target_and_stop_are_judged_against_the_price(
+    client: FlaskClient, world: World
+) -> None:
+    """A6, shorts: the mirror image, for both levels."""
+    open_position(client, SHORT)  # short at 1500, stop 1550
+    world.tick("INFY", 1400.0)
+    assert_error(client.patch("/api/v1/positions/INFY", json={"take_profit": 1450.0},
+                              headers=AUTH), 400, "take_profit: must be below the price (1400)")
+    assert_error(client.patch("/api/v1/positions/INFY", json={"stop_loss": 1390.0},
+                              headers=AUTH), 400, "stop_loss: must be above the price (1400)")
+    resp = client.patch("/api/v1/positions/INFY", json={"stop_loss": 1450.0,
+                                                        "take_profit": 1350.0}, headers=AUTH)
+    assert resp.status_code == 200, resp.get_json()
+    world.tick("INFY", 1600.0)  # a short in loss: its target may move above its entry
+    resp = client.patch("/api/v1/positions/INFY", json={"take_profit": 1550.0,
+                                                        "stop_loss": 1650.0}, headers=AUTH)
+    assert resp.status_code == 200, resp.get_json()
+
+
+def test_a6_a_short_without_a_usable_price_is_judged_against_its_entry(
+    client: FlaskClient, world: World
+) -> None:
+    open_position(client, SHORT)
+    world.tick("INFY", 1400.0, age=400.0)  # too old to use
+    assert_error(client.patch("/api/v1/positions/INFY", json={"stop_loss": 1450.0},
+                              headers=AUTH), 400, "stop_loss: must be above entry_price")
+    assert_error(client.patch("/api/v1/positions/INFY", json={"take_profit": 1510.0},
+                              headers=AUTH), 400, "take_profit: must be below entry_price")
