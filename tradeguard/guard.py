@@ -324,13 +324,15 @@ class Guard:
     def _row(self, p: Position, quote: Quote | None) -> dict[str, Any]:
         price = quote.price if quote is not None else None
         row = p.as_json()
+        market_open = self._market is None or self._market.symbol_open(p.symbol)
         row.update(
             price=price,
             price_age_seconds=round(quote.age, 1) if quote is not None else None,
-            freshness=freshness(quote),
+            # A quiet night is not a blind position (SPEC §14): the page says why.
+            freshness=freshness(quote) if market_open else "market_closed",
             distance_to_stop_pct=distance_pct(price, p.stop_loss) if price else None,
             distance_to_target_pct=distance_pct(price, p.take_profit) if price else None,
             unrealized_pnl=pnl(p, price) if price and p.state is not State.CLOSED else None,
-            market_open=self._market is None or self._market.symbol_open(p.symbol),
+            market_open=market_open,
         )
         return row

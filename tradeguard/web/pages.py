@@ -51,7 +51,16 @@ def summary(view: dict[str, Any]) -> list[tuple[str, str]]:
     if view.get("broker", {}).get("paper"):
         bad.append(("warn", PAPER))
     bad.sort(key=lambda item: item[0] != "bad")
-    return bad or [("ok", "All systems normal")]
+    return (bad or [("ok", "All systems normal")]) + market_closed(live)
+
+
+def market_closed(live: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The "market closed" marker: held positions whose exchange is out of session."""
+    waiting = [p["symbol"] for p in live if p.get("market_open") is False]
+    if not waiting:
+        return []
+    return [("closed", f"Market closed: {', '.join(waiting)} wait for the open (no orders, "
+                       "no stale or blind alerts until then)")]
 
 
 def age(seconds: float | None) -> str:

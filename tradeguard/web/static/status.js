@@ -113,7 +113,14 @@
     if (!view.dns.system_ok) bad.push(["warn", "System DNS failing"]);
     if (view.broker && view.broker.paper) bad.push(["warn", PAPER]);
     bad.sort((a, b) => (a[0] !== "bad") - (b[0] !== "bad"));
-    return bad.length ? bad : [["ok", "All systems normal"]];
+    return (bad.length ? bad : [["ok", "All systems normal"]]).concat(marketClosed(live));
+  }
+
+  function marketClosed(live) { // as pages.market_closed
+    const waiting = live.filter((p) => p.market_open === false).map((p) => p.symbol);
+    if (!waiting.length) return [];
+    return [["closed", "Market closed: " + waiting.join(", ") + " wait for the open (no " +
+      "orders, no stale or blind alerts until then)"]];
   }
 
   function renderSummary(view) {
@@ -137,7 +144,7 @@
       field(row, ".entry", money(p.entry_price, cur));
       field(row, ".price", money(p.price, cur), "num price", [p.freshness]);
       setClasses(row.querySelector(".freshness"), "freshness", [p.freshness]);
-      field(row, ".freshness .label", p.freshness);
+      field(row, ".freshness .label", words(p.freshness));
       field(row, ".freshness .age", noPrice ? "no price" : age(p.price_age_seconds));
       field(row, ".stop-loss", money(p.stop_loss, cur));
       field(row, ".distance-stop", pct(p.distance_to_stop_pct), "num distance-stop",
