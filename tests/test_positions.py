@@ -21,6 +21,9 @@ from tradeguard.positions import (
     pnl,
     position_from_request,
     safe_band,
+    start_trailing,
+    trail,
+    trail_level,
     trigger,
     validate_symbol,
 )
@@ -356,3 +359,68 @@ def test_close_request_defaults_to_emergency_and_refuses_other_reasons() -> None
         with pytest.raises(PositionError) as err:
             close_from_request(body)
         assert err.value.code == 400
+
+
+# Trailing stops (SPEC §4) and products -------------------------------------------------
+
+
+@st.composite
+def trailing_positions(draw: st.DrawFn) -> Position:
+    """A position from `positions()` with a trailing stop set at some best price."""
+    position = draw(positions())
+    pct = draw(st.floats(0.01, 99.99))
+    sign = 1.0 if position.side is Side.LONG else -1.0
+    best = position.entry_price * (1 + sign * draw(st.floats(0.0, 0.5)))
+    return start_trailing(position, pct, best)
+
+
+@given(position=trailing_positions(), prices=st.lists(st.floats(0.5, 3000.0), max_size=30))
+def test_trail_only_ever_tightens_the_stop_and_betters_best(
+    position: Position, prices: list[float]
+) -> None:
+    long = position.side is Side.LONG
+    for price in prices:
+        moved = trail(position, price)
+        if moved is None:
+            assert position.best is not None
+            assert (price <= position.best) if long else (price >= position.best)
+            continue
+        assert moved.best == price
+        assert moved.stop_loss is not None and position.stop_loss is not None
+        assert (moved.stop_loss >= position.stop_loss) if long else (
+            moved.stop_loss <= position.stop_loss)
+        assert trigger(moved, price) != "stop_loss"  # the tick that moves it never fires it
+        position = moved
+
+
+@given(position=trailing_positions(), price=st.floats(0.5, 3000.0))
+def test_safe_band_with_a_trail_is_where_nothing_fires_and_nothing_moves(
+    position: Position, price: float
+) -> None:
+    low, high = safe_band(position)
+    if low < price < high:
+        assert trigger(position, price) is None and trail(position, price) is None
+
+
+@given(pct=st.floats(allow_nan=True, allow_infinity=True) | st.integers(-5, 200))
+def test_trailing_pct_is_accepted_exactly_between_0_and_100(pct: float) -> None:
+    """Above 0 and below 100, and not so small that the stop would sit on the entry."""
+    body = {"symbol": "X", "side": "long", "quantity": 1, "entry_price": 100.0,
+            "stop_loss": None, "take_profit": None, "trailing_stop_pct": pct}
+    if 0 < pct < 100 and trail_level(Side.LONG, 100.0, pct) < 100.0:
+        position = position_from_request(body, 0.0)
+        assert position.stop_loss == trail_level(Side.LONG, 100.0, float(pct))
+        assert position.best == 100.0 and position.stop_loss < 100.0
+    else:
+        with pytest.raises(PositionError, match="trailing_stop_pct"):
+            position_from_request(body, 0.0)
+
+
+def test_product_is_either_brokers_spelling_or_left_for_the_default() -> None:
+    body = {"symbol": "X", "side": "long", "quantity": 1, "entry_price": 100.0,
+            "stop_loss": 90.0}
+    assert position_from_request(body, 0.0).product is None
+    assert position_from_request({**body, "product": "I"}, 0.0).intraday
+    assert not position_from_request({**body, "product": "CNC"}, 0.0).intraday
+    with pytest.raises(PositionError, match="product"):
+        position_from_request({**body, "product": "intraday"}, 0.0)

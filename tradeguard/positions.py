@@ -164,7 +164,9 @@ def safe_band(position: Position) -> tuple[float, float]:
 def trail_level(side: Side, best: float, pct: float) -> float:
     """Where a trailing stop `pct` percent from `best` stands."""
     factor = (100.0 - pct) if side is Side.LONG else (100.0 + pct)
-    return round(best * factor / 100.0, 6)
+    level = best * factor / 100.0
+    shown = round(level, 6)  # 114.0, not 113.99999999999999, unless that reaches `best`
+    return shown if (shown < best if side is Side.LONG else shown > best) else level
 
 
 def better(side: Side, a: float, b: float) -> float:
@@ -301,7 +303,12 @@ def position_from_request(body: Any, now: float) -> Position:
     check_levels(side, entry, stop_loss, take_profit, trailing=pct is not None)
     position = Position(symbol, side, quantity, entry, stop_loss, take_profit, opened_at=now,
                         product=product_from(body.get("product")))
-    return position if pct is None else start_trailing(position, pct, entry)
+    if pct is None:
+        return position
+    trailing = start_trailing(position, pct, entry)
+    if trailing.stop_loss == entry:
+        raise PositionError("trailing_stop_pct: too small to put the stop apart from entry_price")
+    return trailing
 
 
 def close_from_request(body: Any) -> tuple[str, Reason]:
