@@ -22,6 +22,8 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the built-in scenario on loopback")
     demo.add_argument("--keep-running", action="store_true",
                       help="keep the API and status page up until Ctrl-C")
+    demo.add_argument("--broker", default="", metavar="KIND",
+                      help="tell it against a loopback stand-in of this broker (kite)")
     run = sub.add_parser("run", help="run the service in the foreground")
     run.add_argument("--config", help="TOML file (default: $TRADEGUARD_CONFIG)")
     check = sub.add_parser("check-config", help="validate and print the effective config")
@@ -77,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from tradeguard.tools.demo import run_demo
 
-        return run_demo(keep_running=args.keep_running)
+        return run_demo(keep_running=args.keep_running, broker=args.broker)
     if args.command == "bench":
         from tradeguard.tools.bench.run import run_bench
 

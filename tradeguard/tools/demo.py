@@ -31,9 +31,10 @@ from tradeguard.alerts import duration, money
 from tradeguard.brokers import PaperBroker
 from tradeguard.config import Config, config_from_mapping
 from tradeguard.errors import TradeGuardError
-from tradeguard.exits import EX_INTERRUPTED, EX_OK, EX_SOFTWARE
+from tradeguard.exits import EX_CONFIG, EX_INTERRUPTED, EX_OK, EX_SOFTWARE
 from tradeguard.logs import FORMAT
 from tradeguard.sim.scenario import GuardClient, LogQuotes, Narrator, SimMarket
+from tradeguard.tools.demo_kite import kite_ready, run_kite
 
 PRICES = {"BOSCHLTD": 735.0, "INFY": 1520.0, "RELIANCE": 2950.0}
 SEED = 7  # the same random walk every run
@@ -336,18 +337,38 @@ class Story:
 # Running it -------------------------------------------------------------------
 
 
-def run_demo(keep_running: bool = False) -> int:
-    """Tell the story; with `keep_running`, leave the API and status page up until Ctrl-C."""
+def run_demo(keep_running: bool = False, broker: str = "") -> int:
+    """Tell the story; with `keep_running`, leave the API and status page up until Ctrl-C.
+    `broker` "kite" tells it against the Kite stand-in (tradeguard/tools/demo_kite.py)."""
     _tolerant_stdout()
+    if (refusal := _refusal(broker, keep_running)) is not None:
+        print(f"tradeguard demo: {refusal}", file=sys.stderr, flush=True)
+        return EX_CONFIG
     quotes = LogQuotes(QUOTED)
     try:
         with _sigterm_interrupts(), tempfile.TemporaryDirectory(prefix="tradeguard-demo-") as tmp:
             store_dir = Path(tmp)
             with _demo_logging(store_dir / "tradeguard.log", quotes):
+                if broker == "kite":
+                    return run_kite(store_dir, quotes, time.monotonic())
                 return _run(store_dir, quotes, keep_running)
     except KeyboardInterrupt:
         print("\nInterrupted: TradeGuard and the simulated exchange are stopped.", flush=True)
         return EX_INTERRUPTED
+
+
+def _refusal(broker: str, keep_running: bool) -> str | None:
+    """Why the demo cannot tell the story asked for, or None if it can."""
+    if broker in ("", "paper"):
+        return None
+    if broker != "kite":
+        return f"--broker {broker}: there is no {broker} stand-in yet (kite is the one there is)"
+    if missing := kite_ready():
+        return (f"--broker kite: this build of TradeGuard has no Kite support wired in yet "
+                f"({missing} missing), so there is nothing to show against the stand-in")
+    if keep_running:
+        return "--broker kite does not take --keep-running yet"
+    return None
 
 
 def _run(store_dir: Path, quotes: LogQuotes, keep_running: bool) -> int:
