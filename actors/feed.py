@@ -68,7 +68,7 @@ def _normal(symbol: str) -> str:
 class FeedActor(GuardActor):
     def setup(self) -> None:
         cfg = self.services.cfg.feed
-        self.protocol: FeedProtocol = make_protocol(self.services.cfg)
+        self.protocol: FeedProtocol = make_protocol(self.services.cfg, self.services.venue)
         self.host = urlsplit(cfg.url).hostname or ""
         self._lock = threading.Lock()
         self._always = {_normal(s) for s in cfg.symbols if s.strip()}

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tradeguard.alerts import AlertSink
-from tradeguard.brokers import Broker
+from tradeguard.brokers import Broker, Venue
 from tradeguard.closing import Closer
 from tradeguard.config import Config
 from tradeguard.health import DnsStatus, FeedStatus, MonitorStatus
@@ -81,3 +81,4 @@ class Services:
     blind_repeat: float = 60.0  # seconds between repeated blind alerts for one position
     system_lookup: Callable[[str], list[str]] | None = None
     market: Market | None = None  # the trading day (SPEC §14); None: every market always open
+    venue: Venue | None = None  # Kite: the broker's venue, which also builds the feed protocol

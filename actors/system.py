@@ -35,7 +35,7 @@ from actors.notifier import NotifierActor
 from actors.services import ApiEndpoint, Services
 from actors.supervisor import ChildSpec, Supervisor
 from tradeguard import alerts
-from tradeguard.brokers import Broker, make_broker
+from tradeguard.brokers import Broker, Venue, make_broker, make_venue
 from tradeguard.closing import Closer
 from tradeguard.config import Config
 from tradeguard.guard import ActorPorts, Guard, Statuses
@@ -87,13 +87,16 @@ class System:
         cache = PriceCache(cfg.prices.stale_warning_threshold, cfg.prices.cache_timeout)
         resolver = _resolver(cfg, store, metrics, system_lookup)
         sink = OutboxAlerts(store, on_enqueued=self._kick_notifier)
+        # Kite: one venue object gives the broker, the feed protocol and the symbol check.
+        self.venue = make_venue(cfg, resolver=resolver, store=store, alerts=sink)
         broker, closer = _closer(cfg, store, cache, resolver=resolver, sink=sink,
-                                 metrics=metrics, broker=broker)
+                                 metrics=metrics, broker=broker, venue=self.venue)
         statuses = Statuses(FeedStatus(), DnsStatus(), MonitorStatus())
         market = Market.from_config(cfg)
         self.guard = Guard(
             cfg, store=store, cache=cache, closer=closer, metrics=metrics, statuses=statuses,
             api_token=self.api_token, market=market,
+            admit=self.venue.admit if self.venue is not None else None,
             actors=ActorPorts(self._positions_changed, self.supervisor.status,
                               self.inject_fault),
         )
@@ -103,7 +106,7 @@ class System:
             api=ApiEndpoint(self.guard, cfg.api.port if api_port is None else api_port),
             handles=self.supervisor.handles, feed_status=statuses.feed,
             dns_status=statuses.dns, monitor_status=statuses.monitor,
-            system_lookup=system_lookup, market=market,
+            system_lookup=system_lookup, market=market, venue=self.venue,
         )
         metrics.expect_actors(self.services.handles)  # restart counters at 0 from the start
         metrics.add_state(self.guard.readings)
@@ -135,8 +138,15 @@ class System:
     def stop(self) -> None:
         self.services.shutdown.set()  # wakes any thread hung by fault injection
         self.supervisor.stop()
+        if self.venue is not None:
+            self.venue.close()
         self.services.resolver.close()
         self.services.store.close()
+
+    def reload_token(self) -> None:
+        """SIGHUP: read broker.token_file again (a venue's token; nothing else is reloaded)."""
+        if self.venue is not None:
+            self.venue.reload_token()
 
     # What the Guard and the supervisor call back ---------------------------------
 
@@ -188,13 +198,13 @@ def _resolver(cfg: Config, store: Store, metrics: Metrics,
 
 def _closer(cfg: Config, store: Store, cache: PriceCache, *, resolver: Resolver,
             sink: OutboxAlerts, metrics: Metrics, broker: Broker | None,
-            ) -> tuple[Broker, Closer]:
+            venue: Venue | None = None) -> tuple[Broker, Closer]:
     """The broker `broker.kind` names (unless a test gives one) and the Closer over it."""
 
     def quote(symbol: str) -> Quote | None:
         return cache.quote(symbol, time.monotonic())
 
-    broker = broker or make_broker(cfg, quote=quote, resolver=resolver)
+    broker = broker or make_broker(cfg, quote=quote, resolver=resolver, venue=venue)
     closer = Closer(
         store, broker, sink, max_retries=cfg.monitor.max_close_retries, quote=quote,
         currency=cfg.display.currency,

@@ -38,7 +38,9 @@ SPEC_DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "prices": {"cache_timeout": 300, "stale_warning_threshold": 30},
     "monitor": {"sweep_interval": 1.0, "max_close_retries": 3, "blind_policy": "alert"},
-    "broker": {"kind": "paper", "url": "", "token": "", "timeout": 5.0, "product": "MIS"},
+    "broker": {"kind": "paper", "url": "", "token": "", "timeout": 5.0, "product": "MIS",
+               "instruments_url": "", "api_key": "", "token_file": "", "ca_file": "",
+               "market_protection": -1},
     "api": {"host": "127.0.0.1", "port": 8080, "token": ""},
     "telegram": {
         "bot_token": "", "chat_id": "", "api_base": "https://api.telegram.org",
@@ -661,10 +663,13 @@ def test_every_registered_name_is_accepted() -> None:
     from tradeguard.config import registry
 
     for kind in registry("tradeguard.brokers:KINDS"):
-        extra = {"url": "https://broker.example.com"} if kind == "http" else {}
+        extra = {"http": {"url": "https://broker.example.com"},
+                 "kite": {"api_key": "kiteapp"}}.get(kind, {})
         assert config_from_mapping({"broker": {"kind": kind, **extra}}, {}).broker.kind == kind
     for protocol in registry("tradeguard.feed:PROTOCOLS"):
-        assert config_from_mapping({"feed": {"protocol": protocol}}, {}).feed.protocol == protocol
+        key = {"kite": {"api_key": "kiteapp"}}.get(protocol, {})
+        raw = {"feed": {"protocol": protocol}, "broker": key}
+        assert config_from_mapping(raw, {}).feed.protocol == protocol
 
 
 @pytest.mark.parametrize(

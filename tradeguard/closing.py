@@ -280,7 +280,7 @@ class Closer:
         becomes the position's quantity (stored, alerted once).
         """
         assert position.client_order_id is not None
-        held = self.broker.holding(position.symbol)
+        held = self.broker.holding(position.symbol, position.product)  # same product (§12)
         if held is not None:
             on_side = held.on_side(position.side)
             if on_side <= 1e-9:
@@ -290,7 +290,8 @@ class Closer:
         assert position.client_order_id is not None
         return position, CloseOrder(position.client_order_id, position.symbol,
                                     position.exit_side, position.remaining,
-                                    position.reason or Reason.EMERGENCY, hint)
+                                    position.reason or Reason.EMERGENCY, hint,
+                                    product=position.product)
 
     def _follow(self, position: Position, held: float) -> Position:
         logger.warning("[CLOSE] %s: the broker holds %g, not %g; closing what it holds",

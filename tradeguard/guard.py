@@ -146,8 +146,12 @@ class Guard:
         clock: Clock = time.time,
         mono: Clock = time.monotonic,
         market: Market | None = None,
+        admit: Callable[[Position], Position] | None = None,
     ) -> None:
         self.cfg = cfg
+        # The venue's symbol check (Kite: in the instrument master, NSE:INFY for INFY);
+        # None: any symbol the API accepted.
+        self._admit = admit or (lambda position: position)
         self._market = market  # None: every market always open
         self.api_token = api_token
         self.fault_injection = cfg.debug.fault_injection
@@ -169,7 +173,7 @@ class Guard:
 
     def open_position(self, request: Position) -> dict[str, Any]:
         """Open a checked position; PositionError 409 if its symbol has a live one."""
-        stamped = replace(request, opened_at=self._clock(),  # the store stamps opened_mono
+        stamped = replace(self._admit(request), opened_at=self._clock(),  # store: opened_mono
                           product=request.product or self.cfg.broker.product)
         position = self._store.add_position(stamped)
         self._actors.positions_changed(position.symbol)

@@ -583,7 +583,7 @@ class Store:
             except sqlite3.Error as exc:
                 raise StoreError(f"store {self.path}: {exc}") from exc
         fetched = float(when[0]) if when else None
-        return [tuple(r) for r in rows], fetched  # type: ignore[misc]
+        return [tuple(r) for r in rows], fetched
 
     # Alert outbox ----------------------------------------------------------
 

@@ -26,6 +26,7 @@ class CloseOrder:
     quantity: float
     reason: str
     hint: Tick | None = None
+    product: str | None = None  # the position's (Kite MIS/CNC/...); None: broker.product
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class Broker(Protocol):
         """
         ...
 
-    def holding(self, symbol: str) -> Holding | None:
-        """What the broker holds of `symbol`; None if this broker cannot tell (SPEC §12)."""
+    def holding(self, symbol: str, product: str | None = None) -> Holding | None:
+        """What the broker holds of `symbol` (in `product`, where it has products; None: the
+        default); None if this broker cannot tell (SPEC §12)."""
         ...

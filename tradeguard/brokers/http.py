@@ -82,7 +82,7 @@ class HttpBroker:
         self._check_status(resp, what)
         return self._fill(resp, what)
 
-    def holding(self, symbol: str) -> Holding | None:
+    def holding(self, symbol: str, product: str | None = None) -> Holding | None:
         """Net holding of `symbol` from GET /positions; None if the backend has no such route."""
         if time.monotonic() < self._no_mirror_until:
             return None

@@ -58,7 +58,7 @@ class PaperBroker:
         with self._lock:
             return self._fills.get(client_order_id)
 
-    def holding(self, symbol: str) -> Holding | None:
+    def holding(self, symbol: str, product: str | None = None) -> Holding | None:
         """Paper keeps no book of positions: it cannot tell."""
         return None
 

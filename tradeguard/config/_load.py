@@ -218,6 +218,7 @@ def _check_relations(cfg: Config, problems: list[str]) -> None:
     ]
     problems += [text for broken, text in rules if broken]
     problems += _mode_problems(feed.protocol, feed.mode)
+    problems += _kite_problems(cfg)
     if not cfg.telegram.api_base:
         problems.append("telegram.api_base: must be a http:// or https:// URL")
     if feed.ca_file and not Path(feed.ca_file).is_file():
@@ -253,6 +254,22 @@ def _market_problems(market: MarketConfig) -> list[str]:
 
 def _no_colon(text: str) -> None:
     raise ValueError(f"{text!r} is an exchange name such as \"NSE\", without a colon")
+
+
+def _kite_problems(cfg: Config) -> list[str]:
+    """What `broker.kind = "kite"` (or `feed.protocol = "kite"`) needs of [broker]."""
+    b = cfg.broker
+    found = []
+    if b.ca_file and not Path(b.ca_file).is_file():
+        found.append(f"broker.ca_file: no such file {b.ca_file!r}")
+    if "kite" not in (b.kind, cfg.feed.protocol):
+        return found
+    if not b.api_key:
+        found.append("broker.api_key: required with Kite (the app's api_key)")
+    if b.market_protection == 0:
+        found.append("broker.market_protection: Kite refuses MARKET orders without protection "
+                     "(0); use -1 (automatic) or 1..100 (percent)")
+    return found
 
 
 def _mode_problems(protocol: str, mode: str) -> list[str]:

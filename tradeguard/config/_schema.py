@@ -67,9 +67,14 @@ class MonitorConfig:
 class BrokerConfig:
     kind: BrokerKind = key(  # noqa: RUF009 - key() is a dataclasses.field
         "paper", registry="tradeguard.brokers:KINDS")
-    url: str = key("", url=("http", "https"))
+    url: str = key("", url=("http", "https"))  # kite: "" is https://api.kite.trade
+    instruments_url: str = key("", url=("http", "https"))  # kite: "" is <url>/instruments
+    api_key: str = ""  # kite: the app's api_key
     token: str = key("", secret=True)
+    token_file: str = ""  # holds the access token instead; read again when it changes, SIGHUP
+    ca_file: str = ""  # extra CA bundle for https broker calls
     timeout: float = key(5.0, above=0)
+    market_protection: int = key(-1, at_least=-1, at_most=100)  # kite MARKET closes; 0 refused
     product: Product = "MIS"  # of a position that names none (tradeguard.positions.PRODUCTS)
 
 

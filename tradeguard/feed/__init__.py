@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tradeguard.prices import Tick
 
@@ -88,21 +88,33 @@ class FeedProtocol(Protocol):
         ...
 
 
-ProtocolFactory = Callable[["Config"], FeedProtocol]
+# (config, venue): a venue's protocol comes from its venue object (tradeguard.brokers.Venue),
+# which shares the token and the instrument master with its broker.
+ProtocolFactory = Callable[["Config", Any], FeedProtocol]
 
 
-def _json(cfg: Config) -> FeedProtocol:
+def _json(cfg: Config, venue: Any = None) -> FeedProtocol:
     from tradeguard.feed.wire_json import JsonProtocol  # noqa: PLC0415 - it imports this module
 
     return JsonProtocol(cfg.feed.url)
 
 
-PROTOCOLS: dict[str, ProtocolFactory] = {"json": _json}
+def _from_venue(cfg: Config, venue: Any = None) -> FeedProtocol:
+    from tradeguard.errors import FeedError  # noqa: PLC0415 - keeps this module's imports few
+
+    if venue is None:
+        raise FeedError(f"feed.protocol {cfg.feed.protocol!r} is built by its venue "
+                        "(tradeguard.brokers.make_venue) and none was given")
+    protocol: FeedProtocol = venue.feed_protocol()
+    return protocol
 
 
-def make_protocol(cfg: Config) -> FeedProtocol:
+PROTOCOLS: dict[str, ProtocolFactory] = {"json": _json, "kite": _from_venue}
+
+
+def make_protocol(cfg: Config, venue: Any = None) -> FeedProtocol:
     """The protocol `feed.protocol` names (config validation has checked the name)."""
-    return PROTOCOLS[cfg.feed.protocol](cfg)
+    return PROTOCOLS[cfg.feed.protocol](cfg, venue)
 
 
 __all__ = ["PROTOCOLS", "FeedProtocol", "Frame", "Parsed", "Target", "make_protocol"]
