@@ -11,6 +11,7 @@ import base64
 import json
 import logging
 import struct
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -383,3 +384,175 @@ def test_the_bench_frames_decode_to_what_the_sdk_reads() -> None:
         assert len(ours) == decode.PACKETS_PER_FRAME
         if peer is not None:
             assert ours == peer
+
+
+# The feed actor on loopback -------------------------------------------------
+# The Kite stand-in's ticker (tradeguard.sim.kite) behind the harness's fallback DNS, the
+# real System, and KiteFeed over a tiny instrument master built from the stand-in's book.
+# The closes go to the paper broker: these tests are about the feed (the Kite broker's own
+# closes are the orders work's tests).
+
+
+class _Token:
+    """A token source a test can change (the venue's TokenSource in the service)."""
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+        self.reads = 0
+
+    def __call__(self) -> str:
+        self.reads += 1
+        return self.value
+
+
+@pytest.fixture
+def kite_ticker(monkeypatch: pytest.MonkeyPatch) -> Iterable[tuple[object, object, _Token]]:
+    from tradeguard import brokers
+    from tradeguard.feed import PROTOCOLS
+    from tradeguard.sim.kite.book import KiteBook
+    from tradeguard.sim.kite.ticker import KiteTickerServer
+
+    book = KiteBook("apikey1", "good-SECRET")
+    server = KiteTickerServer(book, heartbeat_interval=0.2)
+    server.start()
+    token = _Token("good-SECRET")
+    master = Master({symbol: i.token for symbol, i in book.instruments.items()})
+
+    def factory(cfg: object, venue: object = None) -> KiteFeed:
+        return KiteFeed(cfg.feed.url, "apikey1", token, master,  # type: ignore[attr-defined]
+                        cfg.feed.mode or "ltp")  # type: ignore[attr-defined]
+
+    monkeypatch.setitem(PROTOCOLS, "kite", factory)
+    if hasattr(brokers, "VENUES"):  # the Kite venue is not under test here
+        monkeypatch.delitem(brokers.VENUES, "kite", raising=False)
+    try:
+        yield book, server, token
+    finally:
+        server.stop()
+
+
+def _kite_sections(port: int, **feed: object) -> dict[str, dict[str, object]]:
+    """`running()` keyword arguments: [feed] for Kite, and [broker] as config."""
+    from tests.support.harness import FEED_HOST
+    from tradeguard.config import BrokerConfig
+
+    sections: dict[str, dict[str, object]] = {"feed": {
+        "url": f"ws://{FEED_HOST}:{port}/", "protocol": "kite", "mode": "full",
+        "ping_interval": 60.0, "ping_timeout": 5.0, "silence_timeout": 1.0,
+        "reconnect_initial_delay": 0.05, "reconnect_max_delay": 1.0, **feed}}
+    if "api_key" in BrokerConfig.__dataclass_fields__:  # the Kite keys, where they exist
+        sections["broker_section"] = {"api_key": "apikey1", "token": "good-SECRET"}
+    return sections
+
+
+def _subscribed(server: object, token: int, mode: str = "full") -> bool:
+    return any(subs.get(token) == mode for subs in server.subscriptions())  # type: ignore[attr-defined]
+
+
+def test_a_heartbeat_only_connection_is_kept_alive(
+    tmp_path: Path, kite_ticker: tuple[object, object, _Token],
+) -> None:
+    from tests.support.harness import running
+    from tests.support.waiting import wait_until
+
+    _, server, _ = kite_ticker
+    with running(tmp_path, **_kite_sections(server.port)) as h:  # type: ignore[attr-defined]
+        status = h.system.services.feed_status
+        wait_until(lambda: status.connected, 10)
+        errors = status.network_errors
+        window = 3 * h.cfg.feed.silence_timeout  # nothing but 1-byte heartbeats meanwhile
+        deadline = time.monotonic() + window
+        while time.monotonic() < deadline:  # watched over a window: nothing may happen in it
+            assert status.connected
+            age = status.last_message_age()
+            assert age is not None and age < h.cfg.feed.silence_timeout
+            time.sleep(0.05)
+        assert status.network_errors == errors
+        assert server.accepted == 1  # type: ignore[attr-defined]
+
+
+def test_a_silent_connection_is_dropped_and_resubscribed(
+    tmp_path: Path, kite_ticker: tuple[object, object, _Token],
+) -> None:
+    from tests.support.harness import running
+    from tests.support.waiting import wait_until
+
+    book, server, _ = kite_ticker
+    with running(tmp_path, **_kite_sections(server.port)) as h:  # type: ignore[attr-defined]
+        status = h.system.services.feed_status
+        h.open_long("NSE:INFY", 1500.0, 1450.0)
+        wait_until(lambda: _subscribed(server, INFY), 10)
+        server.silent(True)  # type: ignore[attr-defined]
+        wait_until(lambda: status.network_errors >= 1, 5)
+        assert "silence" in str(status.last_error)
+        server.silent(False)  # type: ignore[attr-defined]
+        wait_until(lambda: server.accepted >= 2 and _subscribed(server, INFY), 10)  # type: ignore[attr-defined]
+        book.set_price("NSE:INFY", 1512.5)  # type: ignore[attr-defined]
+        wait_until(lambda: (q := h.system.services.cache.quote("NSE:INFY", 0)) is not None
+                   and q.price == 1512.5, 5)
+
+
+def test_a_breach_inside_a_50_packet_full_frame_closes_exactly_once(
+    tmp_path: Path, kite_ticker: tuple[object, object, _Token],
+) -> None:
+    """One packet of fifty crosses the stop, the rest do not: one close, with the paper broker."""
+    from tests.support.harness import running
+    from tests.support.waiting import wait_until
+    from tradeguard.sim.kite.packets import Quote
+
+    _, server, _ = kite_ticker
+    with running(tmp_path, **_kite_sections(server.port)) as h:  # type: ignore[attr-defined]
+        h.open_long("NSE:INFY", 1500.0, 1450.0, quantity=10)
+        wait_until(lambda: _subscribed(server, INFY), 10)
+        prices = [1500.0 + i / 10 for i in range(50)]
+        prices[23] = 1449.95  # the only breach, in the middle of the frame
+        assert server.send_quotes(Quote(INFY, p) for p in prices) == 1  # type: ignore[attr-defined]
+        wait_until(lambda: h.position("NSE:INFY").state == "closed", 10)
+        assert server.send_quotes(Quote(INFY, p) for p in prices) == 1  # type: ignore[attr-defined]
+        wait_until(lambda: (q := h.system.services.cache.quote("NSE:INFY", 0)) is not None
+                   and q.price == prices[-1] and h.system.services.metrics.feed_ticks._value.get()
+                   >= 100, 10)
+        closes = [p for p in h.system.services.store.positions() if p.symbol == "NSE:INFY"]
+        assert [(str(p.state), str(p.reason)) for p in closes] == [("closed", "stop_loss")]
+
+
+def test_a_token_refused_at_the_handshake_is_one_critical_alert_and_no_storm(
+    tmp_path: Path, kite_ticker: tuple[object, object, _Token],
+) -> None:
+    """SPEC §12: 403 at the ticker handshake -> one alert, token_ok false, retries every
+    reconnect_max_delay (not the 0.05 s backoff), at once when a new token arrives."""
+    from tests.support.harness import running
+    from tests.support.waiting import wait_until
+
+    book, server, token = kite_ticker
+    token.value = "expired-SECRET"
+    with running(tmp_path, telegram=True,
+                 **_kite_sections(server.port)) as h:  # type: ignore[attr-defined]
+        status = h.system.services.feed_status
+        wait_until(lambda: server.refused >= 1, 10)  # type: ignore[attr-defined]
+        first = time.monotonic()
+        wait_until(lambda: server.refused >= 3, 10)  # type: ignore[attr-defined]
+        spacing = (time.monotonic() - first) / 2
+        print(f"\n403 retries every {spacing:.2f}s (reconnect_max_delay "
+              f"{h.cfg.feed.reconnect_max_delay}s, initial delay "
+              f"{h.cfg.feed.reconnect_initial_delay}s)")
+        assert spacing >= 0.9 * h.cfg.feed.reconnect_max_delay
+        assert status.token_ok is False and not status.connected
+        assert status.network_errors == 0  # a refusal is not a network error
+        refused_at = server.refused  # type: ignore[attr-defined]
+        token.value = "good-SECRET"
+        renewed = time.monotonic()
+        wait_until(lambda: status.connected, 5)
+        print(f"new token -> connected in {time.monotonic() - renewed:.2f}s")
+        assert time.monotonic() - renewed < h.cfg.feed.reconnect_max_delay
+        assert server.refused in (refused_at, refused_at + 1)  # type: ignore[attr-defined]
+        assert status.token_ok is True
+        assert h.telegram is not None
+        wait_until(lambda: any("accepts the access token" in t for _, t in h.telegram.messages),
+                   5)
+        texts = [t for _, t in h.telegram.messages]
+        refused = [t for t in texts if "refused the access token" in t]
+        assert len(refused) == 1 and refused[0].startswith("CRITICAL")
+        assert not any("Price feed lost" in t for t in texts)
+        assert not any("SECRET" in t for t in texts)
+        del book
