@@ -8,12 +8,16 @@ from pathlib import Path
 
 import pytest
 
+from tradeguard.tools.demo_kite import kite_ready
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_TIMEOUT = 120
 
 
 @pytest.fixture(scope="module")
 def kite_demo() -> subprocess.CompletedProcess[str]:
+    if missing := kite_ready():  # the stand-in is here; TradeGuard's Kite code may not be yet
+        pytest.skip(f"TradeGuard's Kite support is not wired in: {missing}")
     return subprocess.run(
         [sys.executable, "-m", "tradeguard.cli", "demo", "--broker", "kite"], cwd=ROOT,
         capture_output=True, text=True, encoding="utf-8", timeout=DEMO_TIMEOUT, check=False)

@@ -366,3 +366,30 @@ def test_the_sdk_is_a_test_and_bench_peer_only() -> None:
     importers = [path for path in root.rglob("*.py")
                  if bench not in path.parents and pattern.search(path.read_text())]
     assert importers == []
+
+
+def test_https_and_wss_with_certificate_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a TLS context the stand-in is https:// and wss://, verified against a test CA."""
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server)
+    with ca.cert_pem.tempfile() as ca_file, KiteStandIn(ssl_context=server) as kite:
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", ca_file)
+        kite.book.hold(INFY, 10, 1500.0)
+        client = KiteConnect(API_KEY, root=kite.api_url, timeout=5)
+        client.set_access_token(ACCESS_TOKEN)
+        assert kite.api_url.startswith("https://")
+        assert client.positions()["net"][0]["quantity"] == 10
+        trusted = ssl.create_default_context(cafile=ca_file)
+        url = f"{kite.ticker_url}?api_key={API_KEY}&access_token={ACCESS_TOKEN}"
+        assert url.startswith("wss://")
+        with connect(url, ssl=trusted, open_timeout=5) as ws:
+            _subscribe(kite, ws, "ltp", [408065])
+            kite.set_price(INFY, 1499.95)
+            assert [t["last_price"] for t in _next_ticks(ws)] == [1499.95]
+        with pytest.raises(ssl.SSLCertVerificationError):
+            connect(url, ssl=ssl.create_default_context(), open_timeout=5)

@@ -226,8 +226,6 @@ class KiteRestServer(ThreadingHTTPServer):
         self.seen: list[tuple[str, str, dict[str, str]]] = []
         self._thread: threading.Thread | None = None
         super().__init__(("127.0.0.1", port), _Handler)
-        if tls is not None:
-            self.socket = tls.wrap_socket(self.socket, server_side=True)
 
     @property
     def port(self) -> int:
@@ -244,6 +242,21 @@ class KiteRestServer(ThreadingHTTPServer):
             self._thread.join()
             self._thread = None
         self.server_close()
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        # The TLS handshake runs in the request's own thread: a client that never
+        # completes it cannot stall the accept loop.
+        request.settimeout(_Handler.timeout)
+        try:
+            conn = self.tls.wrap_socket(request, server_side=True)
+        except OSError:
+            logger.debug("Kite stand-in: TLS handshake with %s failed", client_address)
+            return
+        with conn:
+            super().finish_request(conn, client_address)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         logger.debug("Kite stand-in: connection from %s failed", client_address, exc_info=True)
