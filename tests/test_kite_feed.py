@@ -556,3 +556,101 @@ def test_a_token_refused_at_the_handshake_is_one_critical_alert_and_no_storm(
         assert not any("Price feed lost" in t for t in texts)
         assert not any("SECRET" in t for t in texts)
         del book
+
+
+# The transport ----------------------------------------------------------------
+
+
+def _answer_handshakes(status: bytes, count: int) -> tuple[int, list[bytes], object]:
+    """A loopback server answering up to `count` handshakes with `status`.
+
+    Returns (port, the requests seen, the thread); it waits 0.5 s for each connection.
+    """
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    seen: list[bytes] = []
+
+    def answer() -> None:
+        with listener:
+            listener.settimeout(0.5)
+            for _ in range(count):
+                try:
+                    conn, _ = listener.accept()
+                except TimeoutError:
+                    return
+                with conn:
+                    seen.append(conn.recv(4096))
+                    conn.sendall(b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\n\r\n")
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    return listener.getsockname()[1], seen, thread
+
+
+@pytest.mark.parametrize("status", [b"403 Forbidden", b"401 Unauthorized"])
+def test_a_refusal_at_the_handshake_is_token_rejected_and_no_other_address_is_tried(
+    status: bytes,
+) -> None:
+    from tradeguard.errors import TokenRejected
+    from tradeguard.feed import Target
+    from tradeguard.feed.connection import FeedConnection
+
+    port, seen, thread = _answer_handshakes(status, 2)
+    url = f"ws://ws.kite.test:{port}/?api_key=k&access_token=tok-SECRET"
+    with pytest.raises(TokenRejected, match=status[:3].decode()) as caught:
+        FeedConnection.open(Target(url), ["127.0.0.1", "127.0.0.1"], connect_timeout=2.0)
+    thread.join()  # type: ignore[attr-defined]
+    assert len(seen) == 1
+    assert "SECRET" not in str(caught.value)
+
+
+def test_another_bad_status_is_a_plain_feed_error() -> None:
+    from tradeguard.errors import TokenRejected
+    from tradeguard.feed import Target
+    from tradeguard.feed.connection import FeedConnection
+
+    port, _, thread = _answer_handshakes(b"502 Bad Gateway", 1)
+    with pytest.raises(FeedError, match="502") as caught:
+        FeedConnection.open(Target(f"ws://ws.kite.test:{port}/?access_token=tok-SECRET"),
+                            ["127.0.0.1"], connect_timeout=2.0)
+    thread.join()  # type: ignore[attr-defined]
+    assert not isinstance(caught.value, TokenRejected)
+    assert "SECRET" not in str(caught.value)
+
+
+def test_wss_ticker_through_the_fallback_dns_with_the_certificate_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The system resolver fails; the fallback DNS answers; TLS is verified on the hostname."""
+    from tests.support.harness import FEED_HOST, running, tls_for
+    from tests.support.waiting import wait_until
+    from tradeguard import brokers
+    from tradeguard.feed import PROTOCOLS
+    from tradeguard.sim.kite.book import KiteBook
+    from tradeguard.sim.kite.ticker import KiteTickerServer
+
+    server_ctx, ca_file = tls_for(tmp_path, FEED_HOST)
+    book = KiteBook("apikey1", "good-SECRET")
+    server = KiteTickerServer(book, ssl_context=server_ctx, heartbeat_interval=0.2)
+    server.start()
+    master = Master({symbol: i.token for symbol, i in book.instruments.items()})
+    monkeypatch.setitem(PROTOCOLS, "kite", lambda cfg, venue=None: KiteFeed(
+        cfg.feed.url, "apikey1", lambda: "good-SECRET", master, "quote"))
+    if hasattr(brokers, "VENUES"):
+        monkeypatch.delitem(brokers.VENUES, "kite", raising=False)
+    sections = _kite_sections(server.port, url=f"wss://{FEED_HOST}:{server.port}/",
+                              ca_file=ca_file, mode="quote")
+    try:
+        with running(tmp_path, **sections) as h:  # type: ignore[arg-type]
+            status = h.system.services.feed_status
+            wait_until(lambda: status.connected, 10)
+            assert status.resolved_via == f"fallback:{h.dns.address}"
+            h.open_long("NSE:TCS", 4000.0, 3900.0)
+            wait_until(lambda: _subscribed(server, TCS, "quote"), 10)
+            book.set_price("NSE:TCS", 4012.35)
+            wait_until(lambda: (q := h.system.services.cache.quote("NSE:TCS", 0)) is not None
+                       and q.price == 4012.35, 5)
+    finally:
+        server.stop()
