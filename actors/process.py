@@ -2,8 +2,9 @@
 
 SIGTERM and SIGINT stop everything in reverse order and exit 0; the supervisor
 giving up exits 70 so the process manager restarts TradeGuard clean; SIGUSR1
-logs every thread's stack. Under systemd (NOTIFY_SOCKET), READY=1 is sent once
-the tree is up and WATCHDOG=1 only while every child answers its liveness ping.
+logs every thread's stack; SIGHUP reads broker.token_file again. Under systemd
+(NOTIFY_SOCKET), READY=1 is sent once the tree is up and WATCHDOG=1 only while
+every child answers its liveness ping.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def run_service(cfg: Config) -> int:
         logger.error("Cannot start: %s", exc)
         return EX_CONFIG
     _warn_if_paper(cfg)
+    _reload_token_on_sighup(system)
     try:
         _run(system, stop)
     finally:
@@ -62,6 +64,15 @@ def _stop_on_signals() -> threading.Event:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGUSR1, pykka.debug.log_thread_tracebacks)
     return stop
+
+
+def _reload_token_on_sighup(system: System) -> None:
+    """SIGHUP reads broker.token_file again (Kite's morning token), off the signal handler."""
+
+    def on_hup(signum: int, frame: FrameType | None) -> None:
+        threading.Thread(target=system.reload_token, name="sighup", daemon=True).start()
+
+    signal.signal(signal.SIGHUP, on_hup)
 
 
 def _watchdog(ok: bool) -> None:
