@@ -654,3 +654,69 @@ def test_wss_ticker_through_the_fallback_dns_with_the_certificate_checked(
                        and q.price == 4012.35, 5)
     finally:
         server.stop()
+
+
+def test_tick_to_order_on_kite_full_frames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each of 30 breaches rides in a 50-packet full frame; every one reaches the (paper) broker.
+
+    Timed from the stand-in's send to the broker receiving the close order (one monotonic
+    clock); printed for the notes, asserted only to be finite (2 shared cores).
+    """
+    import threading
+
+    from tests.support.harness import running
+    from tests.support.waiting import wait_until
+    from tradeguard import brokers
+    from tradeguard.feed import PROTOCOLS
+    from tradeguard.sim.kite.book import KiteBook
+    from tradeguard.sim.kite.instruments import Instrument
+    from tradeguard.sim.kite.packets import Quote
+    from tradeguard.sim.kite.ticker import KiteTickerServer
+
+    names = [f"SYM{i:02d}" for i in range(30)]
+    book = KiteBook("apikey1", "good-SECRET", tuple(
+        Instrument((5000 + i) << 8 | 1, name, name, "NSE", "NSE") for i, name in enumerate(names)))
+    server = KiteTickerServer(book, heartbeat_interval=0.5)
+    server.start()
+    master = Master({symbol: i.token for symbol, i in book.instruments.items()})
+    monkeypatch.setitem(PROTOCOLS, "kite", lambda cfg, venue=None: KiteFeed(
+        cfg.feed.url, "apikey1", lambda: "good-SECRET", master, "full"))
+    if hasattr(brokers, "VENUES"):
+        monkeypatch.delitem(brokers.VENUES, "kite", raising=False)
+    arrived: dict[str, float] = {}
+    lock = threading.Lock()
+    try:
+        with running(tmp_path, **_kite_sections(server.port, silence_timeout=5.0)) as h:  # type: ignore[arg-type]
+            broker = h.system.services.broker
+            assert isinstance(broker, brokers.PaperBroker)
+
+            def on_order(order: object, at: float) -> None:
+                with lock:
+                    arrived.setdefault(order.symbol, at)  # type: ignore[attr-defined]
+
+            broker.on_order = on_order
+            tokens = {f"NSE:{n}": i.token for n, i in
+                      ((n, book.instruments[f"NSE:{n}"]) for n in names)}
+            for symbol in tokens:
+                h.open_long(symbol, 1000.0, 900.0)
+            wait_until(lambda: all(_subscribed(server, t) for t in tokens.values()), 10)
+            calm = [Quote(t, 1000.0) for t in tokens.values()]
+            server.send_quotes(calm)
+            millis = []
+            for k, (symbol, token) in enumerate(tokens.items()):
+                packets = [Quote(list(tokens.values())[(k + j) % len(tokens)], 1001.0)
+                           for j in range(1, 50)]
+                packets.insert(25, Quote(token, 899.0))
+                sent = time.monotonic()
+                server.send_quotes(packets)
+                wait_until(lambda s=symbol: s in arrived, 10)  # type: ignore[misc]
+                millis.append((arrived[symbol] - sent) * 1000)
+            millis.sort()
+            p50, p99 = millis[len(millis) // 2], millis[-1]
+            print(f"\ntick-to-order on Kite full frames (50 packets, {len(millis)} breaches): "
+                  f"p50 {p50:.2f} ms, p99 (max of 30) {p99:.2f} ms")
+            assert len(millis) == len(tokens)
+    finally:
+        server.stop()
