@@ -393,3 +393,38 @@ def test_https_and_wss_with_certificate_checks(monkeypatch: pytest.MonkeyPatch) 
             assert [t["last_price"] for t in _next_ticks(ws)] == [1499.95]
         with pytest.raises(ssl.SSLCertVerificationError):
             connect(url, ssl=ssl.create_default_context(), open_timeout=5)
+
+
+def test_a_burst_of_ticks_is_one_frame_in_the_clients_mode(kite: KiteStandIn) -> None:
+    """50 full packets in one frame (a stop breached mid-frame must count), book at the last."""
+    prices = [1500.0 - i * 0.05 for i in range(49)] + [1497.6]
+    with _ticker(kite) as ws:
+        _subscribe(kite, ws, "full", [408065])
+        assert kite.send_burst(INFY, prices) == 1
+        ticks = _next_ticks(ws)
+    assert [t["last_price"] for t in ticks] == pytest.approx(prices, abs=1e-9)
+    assert {t["mode"] for t in ticks} == {"full"}
+    assert kite.book.price(INFY) == 1497.6
+
+
+def test_the_rest_history_can_lag_the_order_update(kite: KiteStandIn, sdk: KiteConnect) -> None:
+    kite.book.lag_history_next(60.0)
+    order_id = _close(sdk)
+    assert sdk.order_history(order_id)[-1]["status"] == "OPEN"
+    assert [o["status"] for o in sdk.orders()] == ["OPEN"]
+    assert kite.book.net_quantity(INFY) == 0  # filled at the exchange all the same
+
+
+def test_kite_connection_and_token_limits(kite: KiteStandIn) -> None:
+    """3 connections per api_key (a 4th is refused, 429 our choice); 3000 tokens each."""
+    with _ticker(kite) as one, _ticker(kite), _ticker(kite):
+        with pytest.raises(InvalidStatus) as refused:
+            _ticker(kite)
+        assert refused.value.response.status_code == 429
+        one.send(json.dumps({"a": "subscribe", "v": list(range(1, 3002))}))
+        while True:
+            message = one.recv(timeout=5)
+            if isinstance(message, str):
+                break
+        assert json.loads(message)["type"] == "error" and "1 not subscribed" in message
+    assert max(len(s) for s in kite.ticker.subscriptions() or [{}]) <= 3000

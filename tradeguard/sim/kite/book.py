@@ -57,6 +57,7 @@ class Faults:
     partial: list[int] = field(default_factory=list)  # filled quantities, one per order
     statuses: list[tuple[int, str]] = field(default_factory=list)  # (429|5xx, path prefix)
     drop_answers: int = 0  # orders recorded, then the connection cut before the answer
+    history_lag: list[float] = field(default_factory=list)  # seconds REST shows OPEN, per order
 
 
 class KiteBook:
@@ -71,6 +72,7 @@ class KiteBook:
         self.by_token = {i.token: i for i in instruments}
         self.quotes: dict[str, Quote] = {}
         self.orders: dict[str, list[dict[str, Any]]] = {}  # order id -> history
+        self._final_at: dict[str, float] = {}  # order id -> monotonic time REST shows it final
         self.forms: list[dict[str, str]] = []  # every place-order form received
         self.positions: dict[tuple[str, str], Position] = {}
         self.gtts: dict[int, dict[str, Any]] = {}
@@ -105,13 +107,18 @@ class KiteBook:
 
     def set_price(self, symbol: str, price: float) -> Quote:
         """Move the market; listeners send the tick, active GTTs that it crosses trigger."""
+        quote = self.set_price_quietly(symbol, price)
+        for listener in list(self.price_listeners):
+            listener(quote)
+        return quote
+
+    def set_price_quietly(self, symbol: str, price: float) -> Quote:
+        """Move the market without telling the listeners (the caller sends the tick)."""
         with self.lock:
             quote = self._move(self.instrument(symbol), price)
             for gtt_id in self._crossed_gtts(symbol, price):
                 self.trigger_gtt(gtt_id)
-        for listener in list(self.price_listeners):
-            listener(quote)
-        return quote
+            return quote
 
     def price(self, symbol: str) -> float:
         with self.lock:
@@ -214,6 +221,8 @@ class KiteBook:
             history = [dict(base, status=status) for status in TRANSIENT]
             history.append(self._final(base, self.positions_for(instrument, form)))
             self.orders[order_id] = history
+            lag = self.faults.history_lag.pop(0) if self.faults.history_lag else 0.0
+            self._final_at[order_id] = time.monotonic() + lag
             final = history[-1]
         self._tell(final)
         return order_id
@@ -286,11 +295,16 @@ class KiteBook:
         with self.lock:
             if order_id not in self.orders:
                 raise KiteRefusal(400, "InputException", "Couldn't find that order")
-            return [dict(entry) for entry in self.orders[order_id]]
+            return [dict(entry) for entry in self._visible(order_id)]
 
     def order_book(self) -> list[dict[str, Any]]:
         with self.lock:
-            return [dict(history[-1]) for history in self.orders.values()]
+            return [dict(self._visible(order_id)[-1]) for order_id in self.orders]
+
+    def _visible(self, order_id: str) -> list[dict[str, Any]]:
+        """The history REST shows now: still OPEN while a `lag_history_next` lag runs."""
+        history = self.orders[order_id]
+        return history if time.monotonic() >= self._final_at[order_id] else history[:-1]
 
     def close_by_hand(self, symbol: str, product: str = "MIS") -> str | None:
         """The trader squares off on Kite's own app: an order without a tag, filled now."""
@@ -324,6 +338,12 @@ class KiteBook:
     def partial_next(self, filled: int) -> None:
         with self.lock:
             self.faults.partial.append(filled)
+
+    def lag_history_next(self, seconds: float) -> None:
+        """The next order's fill shows in REST only after `seconds` (the ticker's order
+        update carries it at once), as when Kite's order update beats its order book."""
+        with self.lock:
+            self.faults.history_lag.append(seconds)
 
     def fail_next(self, status: int, path: str = "/", count: int = 1) -> None:
         """The next `count` requests under `path` answer `status` (429, 500, 502 as HTML, 503)."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import Sequence
+from dataclasses import replace
 
 from tradeguard.sim.kite.book import KiteBook
 from tradeguard.sim.kite.rest import KiteRestServer
@@ -58,3 +60,11 @@ class KiteStandIn(SimService):
     def set_price(self, symbol: str, price: float) -> None:
         """Move the market: a tick to subscribers, GTTs it crosses fire."""
         self.book.set_price(symbol, price)
+
+    def send_burst(self, symbol: str, prices: Sequence[float]) -> int:
+        """Many ticks of one symbol in one binary frame per client (each client's mode);
+        the book ends at the last price. Returns clients reached."""
+        if not prices:
+            return 0
+        quotes = [replace(self.book.set_price_quietly(symbol, price)) for price in prices]
+        return self.ticker.send_quotes(quotes)

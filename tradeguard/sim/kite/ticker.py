@@ -28,6 +28,9 @@ from tradeguard.sim.kite.packets import HEARTBEAT, MODES, Quote, frame, packet
 
 logger = logging.getLogger(__name__)
 
+MAX_TOKENS = 3000  # per connection (kite docs /websocket)
+MAX_CONNECTIONS = 3  # per api_key (same)
+
 
 class KiteTickerServer:
     """The ticker half of the stand-in; every method is safe from any thread."""
@@ -165,12 +168,19 @@ class KiteTickerServer:
         query = parse_qs(urlsplit(request.path).query)
         api_key = (query.get("api_key") or [""])[-1]
         access_token = (query.get("access_token") or [""])[-1]
-        if self._book.check_auth(api_key, access_token):
-            return None
         with self._changed:
-            self.refused += 1
-            self._changed.notify_all()
-        return connection.respond(http.HTTPStatus.FORBIDDEN, "Invalid api_key or access_token\n")
+            if not self._book.check_auth(api_key, access_token):
+                self.refused += 1
+                self._changed.notify_all()
+                return connection.respond(http.HTTPStatus.FORBIDDEN,
+                                          "Invalid api_key or access_token\n")
+            if len(self._clients) >= MAX_CONNECTIONS:
+                # What Kite answers to a 4th connection is not documented; 429 is our choice.
+                self.refused += 1
+                self._changed.notify_all()
+                return connection.respond(http.HTTPStatus.TOO_MANY_REQUESTS,
+                                          "Maximum connections per api_key exceeded\n")
+        return None
 
     def _handle(self, client: ServerConnection) -> None:
         with self._changed:
@@ -197,15 +207,24 @@ class KiteTickerServer:
         with self._changed:
             self.requests.append(request)
             tokens = self._clients[client]
-            _apply(tokens, action, value)
+            over = _apply(tokens, action, value)
             self._changed.notify_all()
+        if over:
+            self._send(client, json.dumps({"type": "error", "data": (
+                f"Subscription limit of {MAX_TOKENS} instruments per connection exceeded; "
+                f"{over} not subscribed")}))
 
 
-def _apply(tokens: dict[int, str], action: str, value: Any) -> None:
-    """Kite's rules: subscribe starts in quote mode, mode changes only subscribed tokens."""
+def _apply(tokens: dict[int, str], action: str, value: Any) -> int:
+    """Kite's rules: subscribe starts in quote mode, mode changes only subscribed tokens, at
+    most MAX_TOKENS a connection. Returns how many tokens the limit left out."""
+    over = 0
     if action == "subscribe":
         for token in value:
-            tokens.setdefault(int(token), "quote")
+            if int(token) in tokens or len(tokens) < MAX_TOKENS:
+                tokens.setdefault(int(token), "quote")
+            else:
+                over += 1
     elif action == "unsubscribe":
         for token in value:
             tokens.pop(int(token), None)
@@ -213,3 +232,4 @@ def _apply(tokens: dict[int, str], action: str, value: Any) -> None:
         for token in value[1]:
             if int(token) in tokens:
                 tokens[int(token)] = value[0]
+    return over
