@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -223,6 +224,27 @@ def test_a_stored_move_never_loosens_nor_outlives_its_trail(tmp_path: Path) -> N
     store.claim_close("SYM", "emergency")
     assert store.move_stops([replace(opened, best=140.0, stop_loss=133.0, trailing_stop_pct=2.0)
                              ]) == 0
+    store.close()
+
+
+def test_a_move_stored_during_a_patch_waits_for_it_and_is_not_undone(tmp_path: Path) -> None:
+    """A PATCH of the target reads the stop and writes it back: a move in between must wait."""
+    store = Store(tmp_path / "s.db")
+    opened = store.add_position(replace(trailing(), id=None, opened_at=1.0))
+    mover = threading.Thread(
+        target=store.move_stops, args=([replace(opened, best=120.0, stop_loss=114.0)],))
+
+    def patch(current: Position) -> Position:
+        mover.start()
+        mover.join(0.05)
+        assert mover.is_alive()  # held off until the PATCH has committed
+        return replace(current, take_profit=150.0)
+
+    store.change_levels("SYM", patch)
+    mover.join(5)
+    now = store.live_position("SYM")
+    assert now is not None and (now.stop_loss, now.best, now.take_profit) == (114.0, 120.0,
+                                                                              150.0)
     store.close()
 
 

@@ -184,20 +184,10 @@ class Guard:
 
     def patch_position(self, symbol: str, change: LevelChange) -> dict[str, Any]:
         """Move levels; 400 for a level on the wrong side of the price, 404 for none open."""
-        current = self._store.live_position(symbol)
-        if current is None or current.state is State.RELEASED:
-            raise PositionError(f"{symbol}: no open position", 404)
-        if current.state is State.CLOSING:
-            # SPEC §6 gives PATCH no 409: a position being closed is no longer open.
-            raise PositionError(f"{symbol}: no open position (a close is under way)", 404)
-        price, what = self._reference(current)
-        moved = change.applied_to(current, price)
-        check_levels_at(moved, price, what)
-        updated = self._store.update_levels(moved)
+        updated = self._store.change_levels(symbol, lambda current: self._moved(current, change))
         self._actors.positions_changed(symbol)
-        logger.info("[POSITION] %s levels now SL %s, TP %s, trailing %s%% (judged against %s)",
-                    symbol, updated.stop_loss, updated.take_profit, updated.trailing_stop_pct,
-                    what)
+        logger.info("[POSITION] %s levels now SL %s, TP %s, trailing %s%%", symbol,
+                    updated.stop_loss, updated.take_profit, updated.trailing_stop_pct)
         return updated.as_json()
 
     def emergency_close(self, symbol: str, reason: Reason) -> dict[str, Any]:
@@ -317,6 +307,17 @@ class Guard:
         )
 
     # Helpers -------------------------------------------------------------------
+
+    def _moved(self, current: Position, change: LevelChange) -> Position:
+        """`current` with `change`, judged against the price; run inside the store's transaction,
+        so a trail move stored meanwhile waits for it."""
+        if current.state is State.CLOSING:
+            # SPEC §6 gives PATCH no 409: a position being closed is no longer open.
+            raise PositionError(f"{current.symbol}: no open position (a close is under way)", 404)
+        price, what = self._reference(current)
+        moved = change.applied_to(current, price)
+        check_levels_at(moved, price, what)
+        return moved
 
     def _reference(self, position: Position) -> tuple[float, str]:
         """The price a level change is judged against: the latest usable one, else the entry."""

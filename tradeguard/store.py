@@ -15,7 +15,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -321,16 +321,31 @@ class Store:
 
     def update_levels(self, position: Position) -> Position:
         """Store new levels (stop-loss, take-profit, trailing stop) of an open position."""
+        return self.change_levels(position.symbol, lambda _: position)
+
+    def change_levels(self, symbol: str, change: Callable[[Position], Position]) -> Position:
+        """Read a live position, `change` its levels and store them, in one transaction.
+
+        A PATCH goes through here: a trailing-stop move the monitor stores in the
+        meantime waits for it, so a PATCH never writes back a stop it read before
+        that move. `change` may raise (a PositionError: nothing is written); 404 if
+        nothing is live.
+        """
         changed = time.monotonic()
         with self._tx() as db:
-            row = db.execute(
-                "UPDATE positions SET stop_loss = ?, take_profit = ?, trailing_stop_pct = ?,"
-                " best = ? WHERE symbol = ? AND state IN ('open', 'close_failed') RETURNING *",
-                (position.stop_loss, position.take_profit, position.trailing_stop_pct,
-                 position.best, position.symbol),
-            ).fetchone()
+            row = db.execute("SELECT * FROM positions WHERE symbol = ?"
+                             " AND state IN ('open', 'closing', 'close_failed')",
+                             (symbol,)).fetchone()
+            if row is not None:
+                new = change(self._stamped(_position(row)))
+                row = db.execute(
+                    "UPDATE positions SET stop_loss = ?, take_profit = ?, trailing_stop_pct = ?,"
+                    " best = ? WHERE id = ? AND state IN ('open', 'close_failed') RETURNING *",
+                    (new.stop_loss, new.take_profit, new.trailing_stop_pct, new.best,
+                     row["id"]),
+                ).fetchone()
         if row is None:
-            raise PositionError(f"{position.symbol}: no open position", 404)
+            raise PositionError(f"{symbol}: no open position", 404)
         self._mono[row["id"]] = (self._mono.get(row["id"], (None, None))[0], changed)
         return self._stamped(_position(row))
 
