@@ -69,6 +69,7 @@ FAILED_WARN_EVERY = 300.0  # one warning per close_failed position this often, n
 RECENT_SECONDS = 5.0  # how long ticks are kept to check positions learnt about late
 RECENT_TICKS = 50_000  # ... and at most this many (a few seconds of a busy feed)
 STUCK_CLOSING = 300.0  # a `closing` position nobody here owns is reconciled after this
+MAX_REMEMBERED_SYMBOLS = 100_000  # symbol -> exchange entries kept for the tick path
 FOLD_STALE_OVER = 5  # more positions going stale in one sweep than this: one alert for all
 
 Key = tuple[str, int | None]  # a position: its symbol and store id (a later one differs)
@@ -171,6 +172,7 @@ class Monitor:
         self.memory = memory
         self._clock = clock
         self._market = market  # None: every position's market is always open
+        self._exchanges: dict[str, str] = {}  # symbol -> its exchange, as the market says
         self._positions: dict[str, Position] = {}
         self._moves: dict[str, Position] = {}  # trailing stops moved since take_moves
         self._in_flight: set[str] = set()
@@ -433,25 +435,35 @@ class Monitor:
         -inf for a market that never closes; +inf while it is closed; else the
         moment its session opened, carried over from wall time to `now`.
         """
-        market = self._market
-        if market is None:
-            return -math.inf
-        opened = market.opened_at(market.exchange_of(symbol))
+        return self._sessions(now)(symbol)
+
+    def _session_of(self, market: Market, exchange: str, now: float) -> float:
+        opened = market.opened_at(exchange)
         if opened is None or opened == -math.inf:
             return math.inf if opened is None else -math.inf
         return now - max(0.0, market.now() - opened)
 
     def _sessions(self, now: float) -> Callable[[str], float]:
-        """`session_from` for many symbols at `now`, worked out once per exchange."""
-        market, memo = self._market, dict[str, float]()
+        """`session_from` for many symbols at `now`, worked out once per exchange.
+
+        On the tick path: a symbol's exchange is remembered, so a batch costs
+        two dict lookups per symbol and one calendar look per exchange.
+        """
+        market = self._market
         if market is None:
-            return lambda symbol: -math.inf
+            return _never_closed
+        exchanges, marks = self._exchanges, dict[str, float]()
+        if len(exchanges) > MAX_REMEMBERED_SYMBOLS:
+            exchanges.clear()
 
         def of(symbol: str) -> float:
-            exchange = market.exchange_of(symbol)
-            if exchange not in memo:
-                memo[exchange] = self.session_from(symbol, now)
-            return memo[exchange]
+            exchange = exchanges.get(symbol)
+            if exchange is None:
+                exchange = exchanges[symbol] = market.exchange_of(symbol)
+            mark = marks.get(exchange)
+            if mark is None:
+                mark = marks[exchange] = self._session_of(market, exchange, now)
+            return mark
         return of
 
     def _market_closed(self, position: Position) -> None:
@@ -502,6 +514,10 @@ class Monitor:
             del self._reconcile_at[k]
             self._closing_since[k] = now
             result.closes.append(self._request(position.symbol, RECONCILE))
+
+
+def _never_closed(symbol: str) -> float:
+    return -math.inf
 
 
 def _same_levels(old: Position | None, new: Position) -> bool:
