@@ -36,8 +36,10 @@ class KiteTickerServer:
     """The ticker half of the stand-in; every method is safe from any thread."""
 
     def __init__(self, book: KiteBook, *, port: int = 0, ssl_context: ssl.SSLContext | None = None,
-                 heartbeat_interval: float | None = 1.0) -> None:
+                 heartbeat_interval: float | None = 1.0,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
         self._book = book
+        self._max_connections = max_connections
         self._port = port
         self._ssl = ssl_context
         self._heartbeat = heartbeat_interval
@@ -174,7 +176,7 @@ class KiteTickerServer:
                 self._changed.notify_all()
                 return connection.respond(http.HTTPStatus.FORBIDDEN,
                                           "Invalid api_key or access_token\n")
-            if len(self._clients) >= MAX_CONNECTIONS:
+            if len(self._clients) >= self._max_connections:
                 # What Kite answers to a 4th connection is not documented; 429 is our choice.
                 self.refused += 1
                 self._changed.notify_all()
