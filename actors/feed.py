@@ -289,8 +289,10 @@ class _Reader:
     def _forward(self, frames: list[Frame]) -> None:
         received = time.monotonic()
         parsed = self.protocol.parse(frames, received)
-        # parsed.messages stays unread: json sends none, and a venue's order updates
-        # belong to the broker-truth mirror (SPEC §12), which does not exist yet.
+        # A venue's order updates (Kite's ticker) go to its venue: a close waiting
+        # for its fill hears it at once. The broker-truth mirror (SPEC §12) is to come.
+        if parsed.messages and self.services.venue is not None:
+            self.services.venue.feed_messages(parsed.messages)
         if parsed.rejects:
             self._count_rejects(parsed.rejects)
         if parsed.ticks:

@@ -321,3 +321,17 @@ def test_token_file_is_read_again_when_it_changes_and_on_reload(
     os.utime(token_file, ns=(3, 3))
     assert tokens() == "second", "a token that would forge a header is refused"
     assert "second" not in caplog.text and ACCESS_TOKEN not in caplog.text
+
+
+def test_an_order_update_from_the_ticker_ends_the_wait_for_the_fill(
+        kite: KiteStandIn, broker: KiteBroker) -> None:
+    """The ticker's final update for the order is its fill; the history is not asked."""
+    kite.book.hold(INFY, 10, 1450.0)
+    first_id = "260101000000001"  # the stand-in's first order id
+    broker.order_update({"order_id": first_id, "status": "COMPLETE", "average_price": 1499.5,
+                         "filled_quantity": 10, "quantity": 10})
+    broker.order_update({"order_id": "other", "status": "OPEN"})  # not final: ignored
+    fill = broker.place(_order("tgupdate01"))
+    assert (fill.order_id, fill.fill_price) == (first_id, 1499.5)
+    assert kite.rest is not None
+    assert not [s for s in kite.rest.seen if s[1] == f"/orders/{first_id}"]

@@ -46,6 +46,10 @@ class Venue(Protocol):
 
     def reload_token(self) -> bool: ...
 
+    def feed_messages(self, messages: list[object]) -> None:
+        """What the feed received besides ticks (Parsed.messages: Kite's order updates)."""
+        ...
+
     def close(self) -> None: ...
 
 

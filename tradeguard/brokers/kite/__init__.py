@@ -100,6 +100,14 @@ class KiteVenue:
                                 "numbers")
         return replace(position, symbol=instrument.symbol)
 
+    def feed_messages(self, messages: list[object]) -> None:
+        """The ticker's order updates: a close waiting for its fill hears it at once."""
+        from tradeguard.brokers.kite.ticker import KiteOrderUpdate  # noqa: PLC0415
+
+        for message in messages:
+            if isinstance(message, KiteOrderUpdate):
+                self._broker.order_update(message.data)
+
     # Life cycle ---------------------------------------------------------------
 
     def reload_token(self) -> bool:
