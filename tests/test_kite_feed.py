@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tradeguard.brokers.kite import protocol as kite
 from tradeguard.brokers.kite.ticker import KiteFeed, KiteOrderUpdate
@@ -235,6 +237,21 @@ def test_bad_packets_are_counted_and_never_raise() -> None:
     assert [t.price for t in parsed.ticks] == [1.0, 2.0, 4.0, 5.0]
     assert parsed.rejects == {"bad_length": 1, "unknown_token": 1, "non_positive_price": 2,
                               "truncated": 2, "trailing_bytes": 1, "short_frame": 1}
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(st.binary(max_size=600), st.text(max_size=200)), max_size=5),
+       st.lists(st.sampled_from((*kite.PACKET_LENGTHS, 0, 7, 300)), max_size=60))
+def test_any_bytes_or_text_never_raise_and_every_tick_is_a_positive_price(
+    frames: list[str | bytes], lengths: list[int],
+) -> None:
+    f = feed()
+    f.subscribe(sorted(SYMBOLS))
+    # also frames whose header is right and whose packets are anything
+    frames.append(frame(struct.pack(">I", INFY) + bytes(max(0, n - 4)) for n in lengths))
+    parsed = f.parse(frames, 1.0)
+    for tick in parsed.ticks:
+        assert tick.price > 0 and tick.symbol in SYMBOLS
 
 
 def test_a_token_not_subscribed_but_in_the_master_is_priced_under_its_symbol() -> None:
