@@ -26,13 +26,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from tradeguard.positions import INTRADAY_PRODUCTS
+
 if TYPE_CHECKING:
     from tradeguard.config import Config
 
 ALWAYS = "always"
 OPEN = "open"
 CLOSED = "closed"
-INTRADAY = frozenset({"MIS", "I"})  # Kite's and Upstox's intraday products
 LOOKAHEAD_DAYS = 21  # how far next_open looks (long exchange closures are holidays too)
 WEEKDAYS = range(5)  # Monday to Friday
 
@@ -158,7 +159,7 @@ class Calendar:
 def intraday(position: object) -> bool:
     """MIS (Kite) or I (Upstox); a position without a product is not intraday."""
     product = getattr(position, "product", None)
-    return isinstance(product, str) and product.upper() in INTRADAY
+    return isinstance(product, str) and product.upper() in INTRADAY_PRODUCTS
 
 
 class Market:
