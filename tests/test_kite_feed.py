@@ -737,3 +737,20 @@ def test_tick_to_order_on_kite_full_frames(
             assert len(millis) == len(tokens)
     finally:
         server.stop()
+
+
+def test_run_needs_no_feed_url_with_kite(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SPEC §10: feed.url defaults to wss://ws.kite.trade for kite; json still needs one."""
+    from tradeguard.config import BrokerConfig, config_from_mapping
+    from tradeguard.errors import ConfigError
+    from tradeguard.feed import PROTOCOLS
+
+    monkeypatch.setitem(PROTOCOLS, "kite", PROTOCOLS.get("kite", PROTOCOLS["json"]))
+    broker = {"api_key": "apikey1", "token": "access-SECRET"} \
+        if "api_key" in BrokerConfig.__dataclass_fields__ else {}
+    cfg = config_from_mapping({"feed": {"protocol": "kite"}, "broker": broker}, {},
+                              require_feed=True)
+    assert KiteFeed(cfg.feed.url, "k", lambda: "t", Master(SYMBOLS)).target().url.startswith(
+        "wss://ws.kite.trade?")
+    with pytest.raises(ConfigError, match=r"feed\.url: required"):
+        config_from_mapping({}, {}, require_feed=True)

@@ -298,7 +298,7 @@ def config_from_mapping(
     cfg = _build(merged, problems)
     _check_fields(cfg, problems)
     _check_relations(cfg, problems)
-    if require_feed and not cfg.feed.url:
+    if require_feed and not cfg.feed.url and cfg.feed.protocol == "json":  # kite: ws.kite.trade
         problems.append("feed.url: required (a ws:// or wss:// URL)")
     if problems:
         raise ConfigError(problems)
