@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
+from actors.system import System
 from tradeguard.alerts import Alert
 from tradeguard.brokers import make_broker, make_venue
-from tradeguard.brokers.kite import KiteVenue
+from tradeguard.brokers.kite import KiteBroker, KiteVenue
 from tradeguard.brokers.kite.instruments import (
     IST,
     Instruments,
@@ -268,3 +269,20 @@ def test_start_up_cost_of_a_100k_row_master(store: Store, capsys: pytest.Capture
               f"load kept {loaded:.2f}s, {len(data) / 1e6:.1f} MB gzipped")
     assert len(master) == 100_000
     assert fetched < 10 and loaded < 10
+
+
+def test_the_system_wires_one_venue_and_refuses_an_unlisted_symbol(
+        kite: KiteStandIn, tmp_path: Path) -> None:
+    """actors.system: the broker, the feed's protocol and the API's symbol check share a venue."""
+    system = System(_cfg(kite, tmp_path))
+    try:
+        assert isinstance(system.venue, KiteVenue)
+        assert system.services.venue is system.venue
+        assert isinstance(system.services.broker, KiteBroker)
+        assert system.services.broker is system.venue.broker()
+        with pytest.raises(PositionError, match="did you mean NSE:INFY") as refused:
+            system.guard.open_position(Position("NSE:INFI", Side.LONG, 10, 1500.0, 1400.0,
+                                                None))
+        assert refused.value.code == 400
+    finally:
+        system.stop()

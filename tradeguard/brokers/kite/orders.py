@@ -81,24 +81,17 @@ class KiteBroker:
     def lookup(self, client_order_id: str) -> Fill | None:
         tag = _tag(client_order_id)
         what = f"lookup of order {tag}"
-        try:
-            with self._lock:
-                order_id = self._sent.get(tag)
-            order_id = order_id or self._find_by_tag(tag, what)
-            return None if order_id is None else self._await_fill(order_id, what)
-        except TokenRejected as exc:
-            # The question was refused, not the order: nothing is known about it.
-            raise BrokerUnavailable(str(exc)) from exc
+        with self._lock:
+            order_id = self._sent.get(tag)
+        order_id = order_id or self._find_by_tag(tag, what)
+        return None if order_id is None else self._await_fill(order_id, what)
 
     def holding(self, symbol: str, product: str | None = None) -> Holding | None:
         """The net position in `symbol` and `product` (default broker.product), GET positions."""
         exchange, tradingsymbol = split_symbol(symbol, self._exchange)
         product = (product or self._product).upper()
         what = f"positions (for {exchange}:{tradingsymbol})"
-        try:
-            data = self._rest.get("/portfolio/positions", what=what)
-        except TokenRejected as exc:
-            raise BrokerUnavailable(str(exc)) from exc
+        data = self._read("/portfolio/positions", what)
         rows = data.get("net") if isinstance(data, dict) else None
         if not isinstance(rows, list):
             raise BrokerUnavailable(f"Kite {what}: answer has no 'net' list")
@@ -155,7 +148,7 @@ class KiteBroker:
 
     def _find_by_tag(self, tag: str, what: str) -> str | None:
         """The id of the order tagged `tag` in today's order book; None if there is none."""
-        data = self._rest.get("/orders", what=what)
+        data = self._read("/orders", what)
         if not isinstance(data, list):
             raise BrokerUnavailable(f"Kite {what}: the order book is not a list")
         found = [str(o["order_id"]) for o in data
@@ -163,6 +156,18 @@ class KiteBroker:
         if len(found) > 1:
             logger.critical("[KITE] %d orders carry tag %s: %s", len(found), tag, found)
         return found[-1] if found else None
+
+    def _read(self, path: str, what: str) -> Any:
+        """A GET; a refused read (a 403 token, a 4xx) says nothing about any order.
+
+        So it is BrokerUnavailable: the Closer retries under the same tag, and
+        never takes "cannot read the book" for "the order was refused" (which
+        would give the next attempt a new tag and could send the close twice).
+        """
+        try:
+            return self._rest.get(path, what=what)
+        except BrokerRefused as exc:
+            raise BrokerUnavailable(str(exc)) from exc
 
     # Waiting for the fill -----------------------------------------------------
 
@@ -186,7 +191,7 @@ class KiteBroker:
 
     def _current(self, order_id: str, what: str) -> Mapping[str, Any]:
         """The last entry of the order's history: its state now."""
-        data = self._rest.get(f"/orders/{order_id}", what=what)
+        data = self._read(f"/orders/{order_id}", what)
         if not isinstance(data, list) or not data or not isinstance(data[-1], dict):
             raise BrokerUnavailable(f"Kite {what}: order {order_id} has no history")
         entry: Mapping[str, Any] = data[-1]

@@ -118,6 +118,9 @@ class KiteRest:
     def _send(self, method: str, url: str, body: bytes | None, what: str, *,
               max_body: int | None = None) -> Response:
         token = self.tokens()
+        if not token:
+            raise TokenRejected(f"Kite {what}: not sent, there is no access token "
+                                "(broker.token, broker.token_file or POST /api/v1/broker/token)")
         if self.tokens.hold_off():
             raise TokenRejected(f"Kite {what}: not sent, the access token was refused and no "
                                 "new one has arrived")
