@@ -32,6 +32,7 @@ def test_the_kite_demo_tells_the_incident_and_exits_0(
     assert "POST /orders/regular SELL 10 MARKET MIS, market_protection -1, tag tg" in out
     assert "NSE:BOSCHLTD  long   10 at ₹735.00 -> ₹698.60  stop_loss" in out
     assert "closed_at_broker closed" in out
+    assert "answered the first POST with an HTML 502" in out and "2 POSTs, 1 order" in out
     assert "2 from TradeGuard (each with its own tag), 1 by hand in Kite's app" in out
     assert "refuses the old token at the handshake (403): one critical alert" in out
 

@@ -179,6 +179,11 @@ class KiteStory:
     def alerted(self, kind: str, count: int = 1) -> bool:
         return self.n.alerts[kind] >= count
 
+    def requests(self) -> list[tuple[str, str]]:
+        """(method, path) of every REST request the stand-in has seen."""
+        assert self.kite.rest is not None
+        return [(method, path) for method, path, _ in list(self.kite.rest.seen)]
+
     def api_orders(self) -> list[dict[str, Any]]:
         """The orders TradeGuard (not the trader's app) placed at the stand-in."""
         return [o for o in self.kite.book.order_book() if o["placed_by"] != "KITEWEB"]
@@ -254,6 +259,8 @@ class KiteStory:
         n, symbol = self.n, LONG["symbol"]
         n.step(f"5. {symbol} falls through its stop-loss at {self.money(LONG['stop_loss'])}")
         self.walk.hold(symbol)
+        self.kite.book.fail_next(502, "/orders/regular")
+        seen = len(self.requests())
         for price in SLIDE[:-1]:
             self.walk.push(symbol, price)
             n.pause(0.4)
@@ -266,6 +273,14 @@ class KiteStory:
               f"At Kite: POST /orders/regular {order['transaction_type']} {order['quantity']} "
               f"{order['order_type']} {order['product']}, market_protection "
               f"{order['market_protection']}, tag {order['tag']} -> {order['status']}.")
+        calls = self.requests()[seen:]
+        posts = calls.count(("POST", "/orders/regular"))
+        lookups = calls.count(("GET", "/orders"))
+        n.say(f"Kite's gateway answered the first POST with an HTML 502. TradeGuard looked the "
+              f"tag up in\nthe order book ({lookups} GET /orders: not there) and sent it again: "
+              f"{posts} POSTs, 1 order.")
+        if posts < 2:
+            raise TradeGuardError(f"{posts} POST /orders/regular after a 502")
         self.walk.push(symbol, 690.0)
         n.pause(1.0)
         count = len([o for o in self.api_orders() if o["tradingsymbol"] == "BOSCHLTD"])
