@@ -754,3 +754,47 @@ def test_run_needs_no_feed_url_with_kite(monkeypatch: pytest.MonkeyPatch) -> Non
         "wss://ws.kite.trade?")
     with pytest.raises(ConfigError, match=r"feed\.url: required"):
         config_from_mapping({}, {}, require_feed=True)
+
+
+def test_with_the_kite_broker_a_breach_inside_a_50_packet_frame_is_one_order_with_kites_form(
+    tmp_path: Path,
+) -> None:
+    """The whole Kite path: the stand-in's REST (instrument master, orders, positions) and
+    ticker, the venue's KiteFeed and KiteBroker; one breaching packet of fifty, one order."""
+    from tests.support.harness import FEED_HOST, running
+    from tests.support.waiting import wait_until
+    from tradeguard.sim.kite.packets import Quote
+    from tradeguard.sim.kite.standin import ACCESS_TOKEN, API_KEY, KiteStandIn
+
+    with KiteStandIn(heartbeat_interval=0.2) as kite_sim:
+        kite_sim.book.hold("NSE:INFY", 10, 1500.0)
+        kite_sim.book.set_price("NSE:INFY", 1500.0)
+        sections = {"feed": {"url": f"ws://{FEED_HOST}:{kite_sim.ticker.port}/",
+                             "protocol": "kite", "mode": "full", "ping_interval": 60.0,
+                             "silence_timeout": 2.0}}
+        broker = {"kind": "kite", "url": kite_sim.api_url, "api_key": API_KEY,
+                  "token": ACCESS_TOKEN}
+        with running(tmp_path, broker_section=broker, **sections) as h:  # type: ignore[arg-type]
+            h.open_long("NSE:INFY", 1500.0, 1450.0, quantity=10)
+            wait_until(lambda: _subscribed(kite_sim.ticker, INFY), 10)
+            prices = [1500.0 + i / 10 for i in range(50)]
+            prices[23] = 1449.95
+            sent = time.monotonic()
+            assert kite_sim.ticker.send_quotes(Quote(INFY, p) for p in prices) == 1
+            wait_until(lambda: h.position("NSE:INFY").state == "closed", 10)
+            print(f"\nbreach frame -> position closed at Kite in "
+                  f"{(time.monotonic() - sent) * 1000:.1f} ms")
+            assert kite_sim.ticker.send_quotes(Quote(INFY, p) for p in prices) == 1
+            wait_until(lambda: (q := h.system.services.cache.quote("NSE:INFY", 0)) is not None
+                       and q.price == prices[-1], 5)
+            forms = kite_sim.book.forms
+            assert len(forms) == 1, forms
+            form = dict(forms[0])
+            tag = form.pop("tag")
+            assert form == {"tradingsymbol": "INFY", "exchange": "NSE",
+                            "transaction_type": "SELL", "order_type": "MARKET",
+                            "quantity": "10", "product": "MIS", "validity": "DAY",
+                            "market_protection": "-1"}
+            assert tag.isalnum() and len(tag) <= 20
+            assert str(h.position("NSE:INFY").reason) == "stop_loss"
+            assert kite_sim.book.net_quantity("NSE:INFY") == 0
