@@ -19,6 +19,8 @@ import pytest
 
 from tests.support.harness import Harness, running
 from tests.support.waiting import wait_until
+from tradeguard.positions import Position, Side
+from tradeguard.store import Store
 
 SYMBOL = "NSE:INFY"
 CACHE_TIMEOUT = 2.0
@@ -124,3 +126,31 @@ def test_the_control_an_open_market_goes_blind_and_closes(tmp_path: Path) -> Non
         wait_until(lambda: "position_blind" in kinds(h), CACHE_TIMEOUT + 10)
         wait_until(lambda: h.position(SYMBOL).state.value == "closed", 10)
         assert h.position(SYMBOL).reason == "blind"
+
+
+def test_square_off_closes_the_intraday_positions_it_finds_with_one_alert(tmp_path: Path) -> None:
+    """market.square_off a minute ago, NSE in session: at its first sweep TradeGuard closes
+    the MIS position (reason square_off, one alert for all) and keeps the CNC one."""
+    zone, local = daytime_zone()
+    if local.weekday() >= 5:
+        pytest.skip("square-off runs on trading days only, and today is a weekend there")
+    start, end = local - dt.timedelta(hours=3), local + dt.timedelta(hours=1)
+    market = {"timezone": zone, "sessions": {"NSE": f"{start:%H:%M}-{end:%H:%M}"},
+              "square_off": f"{local - dt.timedelta(minutes=1):%H:%M}"}
+    store = Store(tmp_path / "tradeguard.db")  # held before this start, as after a restart
+    for symbol, product in (("NSE:MIS1", "MIS"), ("NSE:MIS2", "MIS"), ("NSE:CNC1", "CNC")):
+        store.add_position(Position(symbol, Side.LONG, 1, 100.0, 90.0, None,
+                                    opened_at=time.time(), product=product))
+    store.close()
+    monitor = {**MONITOR, "blind_policy": "alert"}  # only square-off may close here
+    with running(tmp_path, market=market, prices=PRICES, monitor=monitor) as h:
+        wait_until(lambda: any("NSE:CNC1" in s for s in h.exchange.subscriptions), 10)
+        for symbol in ("NSE:MIS1", "NSE:MIS2", "NSE:CNC1"):
+            h.exchange.send_tick(symbol, 101.0)  # the paper broker fills at the cached price
+        for symbol in ("NSE:MIS1", "NSE:MIS2"):
+            wait_until(lambda s=symbol: h.position(s).state.value == "closed", 30)  # type: ignore[misc]
+            assert h.position(symbol).reason == "square_off"
+        assert h.position("NSE:CNC1").state.value == "open"
+        assert kinds(h).count("square_off") == 1
+        [alert] = [a for a in h.system.services.store.recent_alerts(100) if a.kind == "square_off"]
+        assert "2 intraday positions" in alert.text
