@@ -293,6 +293,8 @@ class _Reader:
         # for its fill hears it at once. The broker-truth mirror (SPEC §12) is to come.
         if parsed.messages and self.services.venue is not None:
             self.services.venue.feed_messages(parsed.messages)
+        if parsed.messages and self.services.market is not None:
+            self.services.market.feed_messages(parsed.messages)  # market status (SPEC §14)
         if parsed.rejects:
             self._count_rejects(parsed.rejects)
         if parsed.ticks:

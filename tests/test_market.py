@@ -14,7 +14,14 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from tradeguard.config import Config
-from tradeguard.market import Calendar, Market, default_exchange, intraday, parse_session
+from tradeguard.market import (
+    Calendar,
+    Market,
+    MarketStatus,
+    default_exchange,
+    intraday,
+    parse_session,
+)
 from tradeguard.monitoring import Memory, Monitor, Settings
 from tradeguard.positions import Position, Side
 from tradeguard.prices import PriceCache, Tick
@@ -341,3 +348,13 @@ def test_square_off_leaves_a_closed_market_alone_and_does_not_repeat_that_day() 
     day.clocks.wall = at("2026-12-05 15:20")  # Saturday
     day.run("2026-12-05 15:22")
     assert day.events == []
+
+
+def test_market_status_messages_from_a_feed_override_the_schedule() -> None:
+    """The seam an Upstox `market_info` parser feeds: MarketStatus among parsed messages."""
+    clocks = Clocks(at("2026-12-05 11:00"))  # Saturday: closed by the schedule
+    market = Market(calendar(), lambda: clocks.wall)
+    market.feed_messages(["an order update", MarketStatus("nse", True)])  # a special session
+    assert market.is_open("NSE") and market.opened_at("NSE") == clocks.wall
+    market.feed_messages([MarketStatus("NSE", None)])
+    assert not market.is_open("NSE")

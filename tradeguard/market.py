@@ -9,7 +9,8 @@ names). The pre-open auction (09:00-09:15 on NSE) lies outside the 09:15
 session, so it is closed for orders like the night.
 
 A feed that reports market status itself (Upstox's `market_info`) overrides
-the schedule: its protocol calls `Market.set_override(exchange, is_open)`.
+the schedule: its protocol's `parse` returns a `MarketStatus` among its
+messages, and the feed actor hands those to `Market.feed_messages`.
 
 Pure: `Calendar` takes the wall time as an argument; `Market` is a calendar
 plus the wall clock it reads (injected, so tests step it).
@@ -36,6 +37,14 @@ OPEN = "open"
 CLOSED = "closed"
 LOOKAHEAD_DAYS = 21  # how far next_open looks (long exchange closures are holidays too)
 WEEKDAYS = range(5)  # Monday to Friday
+
+
+@dataclass(frozen=True, slots=True)
+class MarketStatus:
+    """A feed's word on one exchange: open, closed, or None (back to the schedule)."""
+
+    exchange: str
+    is_open: bool | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +207,12 @@ class Market:
                 # Open since the schedule says so, or since now if the schedule disagrees.
                 scheduled = self.calendar.opened_at(name, now)
                 self._overrides[name] = now if scheduled is None else scheduled
+
+    def feed_messages(self, messages: Iterable[object]) -> None:
+        """Take the `MarketStatus` messages among what a feed protocol parsed."""
+        for message in messages:
+            if isinstance(message, MarketStatus):
+                self.set_override(message.exchange, message.is_open)
 
     def opened_at(self, exchange: str) -> float | None:
         """The wall time the exchange's current session began; None while it is closed."""
