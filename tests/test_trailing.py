@@ -212,7 +212,7 @@ def test_moves_are_stored_and_survive_a_restart(tmp_path: Path) -> None:
 
 
 def test_a_stored_move_never_loosens_nor_outlives_its_trail(tmp_path: Path) -> None:
-    """A late write from an older move, or one after a PATCH or a close, changes nothing bad."""
+    """A late write from an older move, or one after a PATCH, changes nothing."""
     store = Store(tmp_path / "s.db")
     opened = store.add_position(replace(trailing(), id=None, opened_at=1.0))
     store.move_stops([replace(opened, best=120.0, stop_loss=114.0)])
@@ -221,9 +221,17 @@ def test_a_stored_move_never_loosens_nor_outlives_its_trail(tmp_path: Path) -> N
     assert now is not None and (now.stop_loss, now.best) == (114.0, 120.0)
     store.update_levels(replace(now, trailing_stop_pct=2.0))  # a PATCH: another trail
     assert store.move_stops([replace(opened, best=130.0, stop_loss=123.5)]) == 0
-    store.claim_close("SYM", "emergency")
-    assert store.move_stops([replace(opened, best=140.0, stop_loss=133.0, trailing_stop_pct=2.0)
-                             ]) == 0
+    store.close()
+
+
+def test_a_move_is_recorded_even_if_its_close_was_claimed_first(tmp_path: Path) -> None:
+    """The close a batch decides runs on a worker; the batch's move is written after it."""
+    store = Store(tmp_path / "s.db")
+    opened = store.add_position(replace(trailing(), id=None, opened_at=1.0))
+    store.claim_close("SYM", "stop_loss")
+    assert store.move_stops([replace(opened, best=125.0, stop_loss=118.75)]) == 1
+    now = store.live_position("SYM")
+    assert now is not None and (now.state, now.stop_loss) == (State.CLOSING, 118.75)
     store.close()
 
 
@@ -330,3 +338,21 @@ def test_end_to_end_the_trail_is_stored_shown_survives_a_restart_and_closes(
         assert closed["pnl"] == pytest.approx(4 * 13.9)
         broker = h.system.services.broker
         assert isinstance(broker, PaperBroker) and len(broker.orders) == 1
+
+
+def test_end_to_end_a_trail_set_by_patch_starts_at_the_price_and_closes(tmp_path: Path) -> None:
+    with running(tmp_path) as h:
+        h.open_long("LATE", 100.0, 90.0)
+        ready(h, "LATE")
+        h.exchange.send_tick("LATE", 110.0)
+        wait_until(lambda: h.system.services.cache.quote("LATE", 0) is not None, 5)
+        status, body = h.call("PATCH", "/api/v1/positions/LATE", {"trailing_stop_pct": 5})
+        assert status == 200, body
+        assert (body["stop_loss"], body["trailing_stop_pct"]) == (104.5, 5.0)
+        h.exchange.send_ticks([("LATE", 115.0), ("LATE", 120.0)])
+        wait_until(lambda: listed(h, "LATE")["stop_loss"] == 114.0, 10)
+        h.exchange.send_ticks([("LATE", 125.0), ("LATE", 118.0)])  # 125: stop 118.75
+        wait_until(lambda: h.position("LATE").state is State.CLOSED, 10)
+        closed = listed(h, "LATE")
+        assert (closed["reason"], closed["exit_price"], closed["stop_loss"]) == (
+            "stop_loss", 118.0, 118.75)

@@ -134,7 +134,7 @@ _MOVE_STOP = """UPDATE positions SET
     best = CASE WHEN side = 'long' THEN MAX(best, ?1) ELSE MIN(best, ?1) END,
     stop_loss = CASE WHEN stop_loss IS NULL OR (side = 'long' AND stop_loss < ?2)
         OR (side = 'short' AND stop_loss > ?2) THEN ?2 ELSE stop_loss END
-    WHERE id = ?3 AND state = 'open' AND trailing_stop_pct = ?4"""
+    WHERE id = ?3 AND trailing_stop_pct = ?4"""
 
 
 def new_client_order_id() -> str:
@@ -353,9 +353,11 @@ class Store:
         """Store trailing-stop moves, one row each, in one transaction; how many were stored.
 
         Each row is found by its primary key, so a batch costs one commit. A move
-        applies only while the position is open on the same trailing stop, and it
-        only ever tightens the stop and betters `best`: a PATCH that landed since
-        (a new trail, or a stop already nearer the market) is never undone.
+        applies only on the same trailing stop, and it only ever tightens the stop
+        and betters `best`: a PATCH that landed since (a new trail, or a stop
+        already nearer the market) is never undone. It applies whatever the state:
+        the close its batch decided may have been claimed, even finished, before
+        the move is written, and the record shows the stop that closed it.
         """
         rows = [(p.best, p.stop_loss, p.id, p.trailing_stop_pct) for p in moved]
         with self._tx() as db:
