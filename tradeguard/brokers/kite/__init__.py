@@ -88,7 +88,9 @@ class KiteVenue:
         from tradeguard.brokers.kite.ticker import KiteFeed  # noqa: PLC0415 - only with a feed
 
         mode = getattr(self._cfg.feed, "mode", "") or "ltp"
-        return KiteFeed(self._cfg.feed.url, self._cfg.broker.api_key, self.tokens.fresh,
+        # The token source stats the file on each call (~1 us) and reads it when it changed:
+        # every connect, and every credential() poll of a refused feed, sees a new token.
+        return KiteFeed(self._cfg.feed.url, self._cfg.broker.api_key, self.tokens,
                         _Lookup(self), mode, rejected=self.tokens.rejected,
                         accepted=self.tokens.accepted)
 

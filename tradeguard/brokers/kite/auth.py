@@ -3,9 +3,10 @@
 The token is `broker.token`, or the contents of `broker.token_file`. A Kite
 token dies at 06:00 IST every day (brokers.md §2.1), and feeds that keep the
 token they started with are dead every morning (openalgo#1419), so the file is
-looked at again on every use: a `stat` (about a microsecond) tells whether it
-changed (inode, size or mtime), and only then is it read. `reload()` reads it
-whatever the stat says (SIGHUP, and the ticker before every reconnect).
+looked at again on every use (every REST call, every ticker connect): a `stat`
+(about a microsecond) tells whether it changed (inode, size or mtime in
+nanoseconds), and only then is it read. `reload()` reads it whatever the stat
+says (SIGHUP).
 
 A rejected token (Kite's 403 `TokenException`, a 403 at the ticker handshake)
 is one critical alert per token, however many calls are refused (SPEC §12):
@@ -72,12 +73,6 @@ class TokenSource:
         """The token to send now; the file is read again if it changed since last time."""
         if self._file is not None and self._file_stamp() != self._stamp:
             self.reload()
-        with self._changed:
-            return self._token
-
-    def fresh(self) -> str:
-        """The token read from the file now, whatever its stamp (the ticker, before a connect)."""
-        self.reload()
         with self._changed:
             return self._token
 
