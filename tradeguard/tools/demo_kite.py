@@ -17,6 +17,7 @@ import random
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -273,20 +274,22 @@ class KiteStory:
               f"At Kite: POST /orders/regular {order['transaction_type']} {order['quantity']} "
               f"{order['order_type']} {order['product']}, market_protection "
               f"{order['market_protection']}, tag {order['tag']} -> {order['status']}.")
-        calls = self.requests()[seen:]
-        posts = calls.count(("POST", "/orders/regular"))
-        lookups = calls.count(("GET", "/orders"))
-        n.say(f"Kite's gateway answered the first POST with an HTML 502. TradeGuard looked the "
-              f"tag up in\nthe order book ({lookups} GET /orders: not there) and sent it again: "
-              f"{posts} POSTs, 1 order.")
-        if posts < 2:
-            raise TradeGuardError(f"{posts} POST /orders/regular after a 502")
+        self.after_502(self.requests()[seen:])
         self.walk.push(symbol, 690.0)
         n.pause(1.0)
         count = len([o for o in self.api_orders() if o["tradingsymbol"] == "BOSCHLTD"])
         if count != 1 or self.kite.book.net_quantity(symbol) != 0:
             raise TradeGuardError(f"{symbol}: {count} orders at Kite")
         n.say("Lower ticks change nothing: one order at Kite, Kite holds none of it.")
+
+    def after_502(self, calls: list[tuple[str, str]]) -> None:
+        posts = calls.count(("POST", "/orders/regular"))
+        lookups = calls.count(("GET", "/orders"))
+        self.n.say(f"Kite's gateway answered the first POST with an HTML 502. TradeGuard looked "
+                   f"the tag up in\nthe order book ({lookups} GET /orders: not there) and sent "
+                   f"it again: {posts} POSTs, 1 order.")
+        if posts < 2:
+            raise TradeGuardError(f"{posts} POST /orders/regular after a 502")
 
     def closed_by_hand(self) -> None:
         n, symbol = self.n, BY_HAND["symbol"]
@@ -358,6 +361,20 @@ class KiteStory:
         n.say("\n".join(lines))
 
 
+Stopper = Callable[[Callable[[], None]], None]
+
+
+def _stand_ins(stack: ExitStack, uninterrupted: Stopper) -> tuple[KiteStandIn, DnsServer]:
+    """The Kite stand-in and the DNS server that alone knows its names, stopped by `stack`."""
+    kite = KiteStandIn(heartbeat_interval=1.0).start()
+    stack.callback(uninterrupted, kite.stop)
+    dns = DnsServer().start()
+    stack.callback(uninterrupted, dns.stop)
+    for host in (API_HOST, WS_HOST):
+        dns.set_record(host, ["127.0.0.1"])
+    return kite, dns
+
+
 def run_kite(store_dir: Path, quotes: LogQuotes, started: float) -> int:
     """The Kite story; the caller has set up logging and the temp dir (demo.py)."""
     from tradeguard.tools.demo import _report_failure, _uninterrupted, _wait_up  # noqa: PLC0415
@@ -366,12 +383,7 @@ def run_kite(store_dir: Path, quotes: LogQuotes, started: float) -> int:
           "and the token failing on purpose. It takes about 30 seconds.", flush=True)
     with ExitStack() as stack:
         try:
-            kite = KiteStandIn(heartbeat_interval=1.0).start()
-            stack.callback(_uninterrupted, kite.stop)
-            dns = DnsServer().start()
-            stack.callback(_uninterrupted, dns.stop)
-            for host in (API_HOST, WS_HOST):
-                dns.set_record(host, ["127.0.0.1"])
+            kite, dns = _stand_ins(stack, _uninterrupted)
             walk = Walk(kite, PRICES).start()
             stack.callback(walk.stop)
             cfg = kite_config(kite, dns, store_dir, secrets.token_urlsafe(24))

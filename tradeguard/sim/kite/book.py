@@ -14,27 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tradeguard.sim.kite.errors import KiteRefusal, stamp
+from tradeguard.sim.kite.gtt import Gtts
 from tradeguard.sim.kite.instruments import DEFAULT_INSTRUMENTS, Instrument
 from tradeguard.sim.kite.packets import Level, Quote
 
 OrderListener = Callable[[dict[str, Any]], object]
 PriceListener = Callable[[Quote], object]
-GTT_LIFETIME = 365 * 86_400  # Kite's GTTs last about a year
 TRANSIENT = ("PUT ORDER REQ RECEIVED", "VALIDATION PENDING", "OPEN PENDING", "OPEN")
-
-
-class KiteRefusal(Exception):
-    """An error answer: HTTP status, Kite's error_type and message."""
-
-    def __init__(self, status: int, error_type: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error_type = error_type
-        self.message = message
-
-
-def _stamp(wall: float | None = None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(wall or time.time()))
 
 
 @dataclass
@@ -75,12 +62,11 @@ class KiteBook:
         self._final_at: dict[str, float] = {}  # order id -> monotonic time REST shows it final
         self.forms: list[dict[str, str]] = []  # every place-order form received
         self.positions: dict[tuple[str, str], Position] = {}
-        self.gtts: dict[int, dict[str, Any]] = {}
+        self.gtts = Gtts(self)
         self.faults = Faults()
         self.order_listeners: list[OrderListener] = []
         self.price_listeners: list[PriceListener] = []
         self._ids = itertools.count(260_101_000_000_001)
-        self._gtt_ids = itertools.count(100_001)
 
     # Tokens ------------------------------------------------------------------
 
@@ -116,8 +102,7 @@ class KiteBook:
         """Move the market without telling the listeners (the caller sends the tick)."""
         with self.lock:
             quote = self._move(self.instrument(symbol), price)
-            for gtt_id in self._crossed_gtts(symbol, price):
-                self.trigger_gtt(gtt_id)
+            self.gtts.price_moved(symbol, price)
             return quote
 
     def price(self, symbol: str) -> float:
@@ -257,7 +242,7 @@ class KiteBook:
     def _order(self, order_id: str, variety: str, form: dict[str, str], *,
                instrument: Instrument, side: str, quantity: int, placed_by: str) -> dict[str, Any]:
         tag = form.get("tag") or None
-        now = _stamp()
+        now = stamp()
         return {
             "placed_by": placed_by, "order_id": order_id, "exchange_order_id": None,
             "parent_order_id": None, "status": "", "status_message": None,
@@ -276,7 +261,7 @@ class KiteBook:
 
     def _final(self, base: dict[str, Any], position: Position) -> dict[str, Any]:
         final = dict(base, exchange_order_id=f"13{base['order_id'][-14:]}",
-                     exchange_timestamp=_stamp(), exchange_update_timestamp=_stamp())
+                     exchange_timestamp=stamp(), exchange_update_timestamp=stamp())
         if self.faults.reject:
             reason = self.faults.reject.pop(0)
             return dict(final, status="REJECTED", status_message=reason,
@@ -369,107 +354,6 @@ class KiteBook:
                 self.faults.drop_answers -= 1
                 return True
             return False
-
-    # GTT -----------------------------------------------------------------------
-
-    def place_gtt(self, form: dict[str, Any]) -> int:
-        with self.lock:
-            gtt_id = next(self._gtt_ids)
-            self.gtts[gtt_id] = self._gtt(gtt_id, form, _stamp())
-            return gtt_id
-
-    def modify_gtt(self, gtt_id: int, form: dict[str, Any]) -> int:
-        with self.lock:
-            old = self._active_gtt(gtt_id)
-            self.gtts[gtt_id] = self._gtt(gtt_id, form, old["created_at"])
-            return gtt_id
-
-    def delete_gtt(self, gtt_id: int) -> int:
-        with self.lock:
-            self._active_gtt(gtt_id)["status"] = "deleted"
-            return gtt_id
-
-    def gtt(self, gtt_id: int) -> dict[str, Any]:
-        with self.lock:
-            if gtt_id not in self.gtts:
-                raise KiteRefusal(404, "InputException", "Trigger not found")
-            return self.gtts[gtt_id]
-
-    def _active_gtt(self, gtt_id: int) -> dict[str, Any]:
-        gtt = self.gtt(gtt_id)
-        if gtt["status"] != "active":
-            raise KiteRefusal(400, "InputException", f"Trigger is {gtt['status']}")
-        return gtt
-
-    def _gtt(self, gtt_id: int, form: dict[str, Any], created: str) -> dict[str, Any]:
-        kind, condition, orders = form["type"], form["condition"], form["orders"]
-        values = condition.get("trigger_values") or []
-        if kind not in ("single", "two-leg") or len(values) != (1 if kind == "single" else 2):
-            raise KiteRefusal(400, "InputException", "Invalid trigger type or trigger values")
-        if len(orders) != len(values):
-            raise KiteRefusal(400, "InputException", "One order per trigger value")
-        instrument = self.instrument(f"{condition['exchange']}:{condition['tradingsymbol']}")
-        for order in orders:
-            if order.get("order_type") != "LIMIT":
-                raise KiteRefusal(400, "InputException", "Only LIMIT orders are allowed in a GTT")
-        return {
-            "id": gtt_id, "user_id": "AB1234", "parent_trigger": None, "type": kind,
-            "created_at": created, "updated_at": _stamp(),
-            "expires_at": _stamp(time.time() + GTT_LIFETIME),
-            "status": "active",
-            "condition": {"exchange": instrument.exchange,
-                          "tradingsymbol": instrument.tradingsymbol,
-                          "instrument_token": instrument.token,
-                          "last_price": float(condition.get("last_price") or 0),
-                          "trigger_values": [float(v) for v in values]},
-            "orders": [dict(o, result=None) for o in orders], "meta": None,
-        }
-
-    def _crossed_gtts(self, symbol: str, price: float) -> list[int]:
-        crossed = []
-        for gtt in self.gtts.values():
-            cond = gtt["condition"]
-            mine = f"{cond['exchange']}:{cond['tradingsymbol']}" == symbol
-            if gtt["status"] == "active" and mine and _leg(gtt, price) is not None:
-                crossed.append(gtt["id"])
-        return crossed
-
-    def trigger_gtt(self, gtt_id: int, leg: int | None = None) -> str:
-        """Fire the GTT (the leg the price chose, or `leg`): its LIMIT order is placed, filled."""
-        with self.lock:
-            gtt = self._active_gtt(gtt_id)
-            cond = gtt["condition"]
-            price = self.price(f"{cond['exchange']}:{cond['tradingsymbol']}")
-            chosen = leg if leg is not None else (_leg(gtt, price) or 0)
-            order = gtt["orders"][chosen]
-            form = {k: str(order[k]) for k in ("exchange", "tradingsymbol", "transaction_type",
-                                               "quantity", "product", "price")}
-            form.update(order_type="LIMIT", validity="DAY")
-            order_id = self.place("regular", form, placed_by="GTT")
-            self.forms.pop()
-            gtt["status"], gtt["updated_at"] = "triggered", _stamp()
-            gtt["orders"][chosen]["result"] = {
-                "account_id": "AB1234", "exchange": order["exchange"],
-                "tradingsymbol": order["tradingsymbol"], "validity": "DAY",
-                "product": order["product"],
-                "order_type": "LIMIT", "transaction_type": order["transaction_type"],
-                "quantity": int(order["quantity"]), "price": float(order["price"]),
-                "meta": "", "timestamp": _stamp(), "triggered_at": price,
-                "order_result": {"status": "success", "order_id": order_id, "rejection_reason": ""},
-            }
-            return order_id
-
-
-def _leg(gtt: dict[str, Any], price: float) -> int | None:
-    """Which leg a price fires: single fires when the price reaches its value from last_price's
-    side; two-leg fires the lower leg at or below it, the upper at or above it."""
-    values = gtt["condition"]["trigger_values"]
-    if gtt["type"] == "two-leg":
-        return 0 if price <= values[0] else 1 if price >= values[1] else None
-    last = gtt["condition"]["last_price"]
-    below = last > values[0]
-    return 0 if (price <= values[0] if below else price >= values[0]) else None
-
 
 def _ladder(price: float, step: float) -> list[Level]:
     return [Level(10 * (i + 1), round(price + step * (i + 1), 4), i + 1) for i in range(5)]

@@ -19,7 +19,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tradeguard.sim.kite.book import KiteBook, KiteRefusal
+from tradeguard.sim.kite.book import KiteBook
+from tradeguard.sim.kite.errors import KiteRefusal
 from tradeguard.sim.kite.instruments import instruments_csv
 
 logger = logging.getLogger(__name__)
@@ -178,24 +179,23 @@ def _gtt_form(form: dict[str, list[str]]) -> dict[str, Any]:
 
 
 def _gtt_place(h: _Handler, m: re.Match[str], form: dict[str, list[str]]) -> Any:
-    return {"trigger_id": h.server.book.place_gtt(_gtt_form(form))}
+    return {"trigger_id": h.server.book.gtts.place(_gtt_form(form))}
 
 
 def _gtt_modify(h: _Handler, m: re.Match[str], form: dict[str, list[str]]) -> Any:
-    return {"trigger_id": h.server.book.modify_gtt(int(m["id"]), _gtt_form(form))}
+    return {"trigger_id": h.server.book.gtts.modify(int(m["id"]), _gtt_form(form))}
 
 
 def _gtt_delete(h: _Handler, m: re.Match[str], q: dict[str, list[str]]) -> Any:
-    return {"trigger_id": h.server.book.delete_gtt(int(m["id"]))}
+    return {"trigger_id": h.server.book.gtts.delete(int(m["id"]))}
 
 
 def _gtt_get(h: _Handler, m: re.Match[str], q: dict[str, list[str]]) -> Any:
-    return json.loads(json.dumps(h.server.book.gtt(int(m["id"]))))
+    return json.loads(json.dumps(h.server.book.gtts.get(int(m["id"]))))
 
 
 def _gtt_list(h: _Handler, m: re.Match[str], q: dict[str, list[str]]) -> Any:
-    with h.server.book.lock:
-        return json.loads(json.dumps(list(h.server.book.gtts.values())))
+    return json.loads(json.dumps(h.server.book.gtts.all()))
 
 
 ROUTES: list[tuple[str, re.Pattern[str], Route]] = [
