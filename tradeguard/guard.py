@@ -177,9 +177,10 @@ class Guard:
                           product=request.product or self.cfg.broker.product)
         position = self._store.add_position(stamped)
         self._actors.positions_changed(position.symbol)
-        logger.info("[POSITION] opened %s %s x%s at %s (SL %s, TP %s)", position.side,
-                    position.symbol, position.quantity, position.entry_price,
-                    position.stop_loss, position.take_profit)
+        logger.info("[POSITION] opened %s %s x%s at %s (SL %s, TP %s, trailing %s%%, %s)",
+                    position.side, position.symbol, position.quantity, position.entry_price,
+                    position.stop_loss, position.take_profit, position.trailing_stop_pct,
+                    position.product)
         return position.as_json()
 
     def patch_position(self, symbol: str, change: LevelChange) -> dict[str, Any]:
