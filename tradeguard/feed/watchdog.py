@@ -7,9 +7,11 @@ is dead when no byte at all arrived for `silence_timeout`, or for
 `ping_timeout` after a ping was sent.
 
 While every market the feed prices is closed (SPEC §14), a quiet feed is
-just the night: `quiet_ok` says so, and the silence timeout does not count
-(from then until the markets open the clock starts afresh). Pings still go
-out and an unanswered one still kills, so a dead connection is still found.
+just the night: `quiet_ok` says so, and the silence then starts afresh. It is
+asked only when the silence timeout has run out (not on every read), so
+after the open a quiet feed is given up within one more silence timeout.
+Pings still go out and an unanswered one still kills, so a dead connection
+is still found at night.
 
 A byte received after the ping counts as its answer (finding C11): in a burst
 the pong sits behind ticks the reader has not parsed yet, and waiting for
@@ -70,11 +72,11 @@ class Watchdog:
     def failure(self) -> str | None:
         """Why the connection is dead, or None while it is alive."""
         now = self._clock()
-        if self._quiet_ok():
-            self._excused_at = now
         silent = now - max(self._last_life, self._excused_at)
         if silent > self._silence_timeout:
-            return f"no frame for {silent:.1f}s (silence timeout)"
+            if not self._quiet_ok():
+                return f"no frame for {silent:.1f}s (silence timeout)"
+            self._excused_at = now
         pinged = self._unanswered_since
         if pinged is not None and now - pinged > self._ping_timeout:
             return f"no pong within {self._ping_timeout:.1f}s (half-open connection)"
