@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.waiting import wait_until
 from tradeguard.alerts import Alert
 from tradeguard.brokers import CloseOrder
 from tradeguard.brokers.kite.auth import TokenSource
@@ -335,3 +337,24 @@ def test_an_order_update_from_the_ticker_ends_the_wait_for_the_fill(
     assert (fill.order_id, fill.fill_price) == (first_id, 1499.5)
     assert kite.rest is not None
     assert not [s for s in kite.rest.seen if s[1] == f"/orders/{first_id}"]
+
+
+def test_sighup_reads_the_token_file_again(token_file: Path) -> None:
+    """actors.process: SIGHUP makes the venue read broker.token_file whatever its stamp."""
+    tokens = TokenSource("", str(token_file))
+    stamp = os.stat(token_file)
+
+    class FakeSystem:
+        def reload_token(self) -> None:
+            tokens.reload()
+
+    token_file.write_text("standintoken0002\n")  # same size, same mtime: only a read tells
+    os.utime(token_file, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))  # a stamp that lies
+    before = signal.getsignal(signal.SIGHUP)
+    try:
+        process._reload_token_on_sighup(FakeSystem())  # type: ignore[arg-type]
+        os.kill(os.getpid(), signal.SIGHUP)
+        wait_until(lambda: tokens.generation == 2, 5.0)
+    finally:
+        signal.signal(signal.SIGHUP, before)
+    assert tokens() == "standintoken0002"
