@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from actors import process
 from tests.support.waiting import wait_until
 from tradeguard.alerts import Alert
 from tradeguard.brokers import CloseOrder
