@@ -22,8 +22,8 @@ from tradeguard.market import (
     intraday,
     parse_session,
 )
-from tradeguard.monitoring import Memory, Monitor, Settings
-from tradeguard.positions import Position, Side
+from tradeguard.monitoring import RECONCILE, Memory, Monitor, Settings
+from tradeguard.positions import Position, Side, State
 from tradeguard.prices import PriceCache, Tick
 
 IST = ZoneInfo("Asia/Kolkata")
@@ -358,3 +358,14 @@ def test_market_status_messages_from_a_feed_override_the_schedule() -> None:
     assert market.is_open("NSE") and market.opened_at("NSE") == clocks.wall
     market.feed_messages([MarketStatus("NSE", None)])
     assert not market.is_open("NSE")
+
+
+def test_a_close_a_crash_left_on_a_closed_market_is_reconciled_at_the_open() -> None:
+    """No broker call at night; at the first sweep after the open, not a stuck timer later."""
+    day = Day(Clocks(at("2026-12-07 08:00")))
+    day.monitor.set_positions([replace(long(), id=1, state=State.CLOSING)])
+    assert day.monitor.recover() == []
+    day.run("2026-12-07 09:14")
+    assert day.events == []
+    day.run("2026-12-07 09:15")
+    assert [(e.local, e.kind) for e in day.events] == [("Mon 09:15:00", f"close:{RECONCILE}")]

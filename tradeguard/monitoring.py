@@ -209,10 +209,14 @@ class Monitor:
         if self.memory.recovered:
             return []
         self.memory.recovered = True
-        # One on a closed market waits: its stuck timer reconciles it after the open.
-        return [self._request(p.symbol, RECONCILE) for p in self._positions.values()
-                if p.state is State.CLOSING and p.symbol not in self._in_flight
-                and self.session_from(p.symbol, self._clock()) < math.inf]
+        now, session = self._clock(), self._sessions(self._clock())
+        left = [p for p in self._positions.values()
+                if p.state is State.CLOSING and p.symbol not in self._in_flight]
+        for position in left:
+            if session(position.symbol) == math.inf:
+                self._reconcile_at[key(position)] = now  # due: the first sweep after the open
+        return [self._request(p.symbol, RECONCILE) for p in left
+                if session(p.symbol) < math.inf]
 
     def _replay(self, position: Position) -> CloseRequest | None:
         if position.symbol in self._in_flight:
