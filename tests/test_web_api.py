@@ -934,3 +934,15 @@ def test_a6_a_short_without_a_usable_price_is_judged_against_its_entry(
                               headers=AUTH), 400, "stop_loss: must be above entry_price")
     assert_error(client.patch("/api/v1/positions/INFY", json={"take_profit": 1510.0},
                               headers=AUTH), 400, "take_profit: must be below entry_price")
+
+
+def test_patch_clearing_the_stop_of_a_trail_puts_it_back_at_the_trails_level(
+    client: FlaskClient
+) -> None:
+    open_position(client, {**TRAIL, "stop_loss": 570.0})
+    resp = client.patch("/api/v1/positions/BOSCHLTD", json={"stop_loss": None}, headers=AUTH)
+    assert resp.status_code == 200 and resp.get_json()["stop_loss"] == 546.25
+    assert_error(client.patch("/api/v1/positions/BOSCHLTD", json={
+        "stop_loss": None, "take_profit": None, "trailing_stop_pct": None}, headers=AUTH),
+        400, "at least one")
+    assert positions(client)["BOSCHLTD"]["trailing_stop_pct"] == 5.0
