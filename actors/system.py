@@ -97,6 +97,7 @@ class System:
             cfg, store=store, cache=cache, closer=closer, metrics=metrics, statuses=statuses,
             api_token=self.api_token, market=market,
             admit=self.venue.admit if self.venue is not None else None,
+            name=self.venue.name if self.venue is not None else None,
             actors=ActorPorts(self._positions_changed, self.supervisor.status,
                               self.inject_fault),
         )

@@ -286,3 +286,19 @@ def test_the_system_wires_one_venue_and_refuses_an_unlisted_symbol(
         assert refused.value.code == 400
     finally:
         system.stop()
+
+
+def test_a_bare_symbol_in_the_api_finds_the_kite_position(kite: KiteStandIn,
+                                                           tmp_path: Path) -> None:
+    """Opened as INFY, stored as NSE:INFY: an emergency close or a release of INFY finds it."""
+    system = System(_cfg(kite, tmp_path))
+    try:
+        assert system.venue is not None and system.venue.name(" infy") == "NSE:INFY"
+        with pytest.raises(PositionError) as missing:
+            system.guard.release_position("INFY")
+        assert "NSE:INFY" in str(missing.value) and missing.value.code == 404
+        system.services.store.add_position(
+            Position("NSE:INFY", Side.LONG, 10, 1500.0, 1400.0, None, opened_at=1.0))
+        assert system.guard.release_position("infy")["state"] == "released"
+    finally:
+        system.stop()

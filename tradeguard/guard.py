@@ -147,11 +147,13 @@ class Guard:
         mono: Clock = time.monotonic,
         market: Market | None = None,
         admit: Callable[[Position], Position] | None = None,
+        name: Callable[[str], str] | None = None,
     ) -> None:
         self.cfg = cfg
         # The venue's symbol check (Kite: in the instrument master, NSE:INFY for INFY);
         # None: any symbol the API accepted.
         self._admit = admit or (lambda position: position)
+        self._name = name or (lambda symbol: symbol)  # Kite: "INFY" in a URL is NSE:INFY
         self._market = market  # None: every market always open
         self.api_token = api_token
         self.fault_injection = cfg.debug.fault_injection
@@ -185,6 +187,7 @@ class Guard:
 
     def patch_position(self, symbol: str, change: LevelChange) -> dict[str, Any]:
         """Move levels; 400 for a level on the wrong side of the price, 404 for none open."""
+        symbol = self._name(symbol)
         updated = self._store.change_levels(symbol, lambda current: self._moved(current, change))
         self._actors.positions_changed(symbol)
         logger.info("[POSITION] %s levels now SL %s, TP %s, trailing %s%%", symbol,
@@ -193,6 +196,7 @@ class Guard:
 
     def emergency_close(self, symbol: str, reason: Reason) -> dict[str, Any]:
         """SPEC §6 success body; PositionError 404 / 409 (also: its market is closed) / 502."""
+        symbol = self._name(symbol)
         self._refuse_if_closed(symbol)
         try:
             result = self._closer.close(symbol, reason)
@@ -215,6 +219,7 @@ class Guard:
 
     def release_position(self, symbol: str) -> dict[str, Any]:
         """Stop guarding a position without closing it; PositionError 404 / 409."""
+        symbol = self._name(symbol)
         released = self._store.release_position(symbol, self._clock())
         self._actors.positions_changed(symbol)
         logger.warning("[POSITION] %s released: no longer guarded, left open at the broker",

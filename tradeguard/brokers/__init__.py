@@ -44,6 +44,10 @@ class Venue(Protocol):
         """The position as this venue names it; PositionError 400 if it cannot trade it."""
         ...
 
+    def name(self, symbol: str) -> str:
+        """`symbol` as this venue writes it (no check): what the API's URLs are matched on."""
+        ...
+
     def reload_token(self) -> bool: ...
 
     def feed_messages(self, messages: list[object]) -> None:

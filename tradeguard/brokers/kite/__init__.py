@@ -110,6 +110,10 @@ class KiteVenue:
             if isinstance(message, KiteOrderUpdate):
                 self._broker.order_update(message.data)
 
+    def name(self, symbol: str) -> str:
+        """`INFY` as `NSE:INFY` (market.default_exchange), upper case: no list is asked."""
+        return canonical(symbol, self.default_exchange)
+
     # Life cycle ---------------------------------------------------------------
 
     def reload_token(self) -> bool:
