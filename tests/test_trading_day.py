@@ -108,6 +108,8 @@ def test_the_metrics_and_the_status_page_show_the_closed_market(after_the_close:
         metrics = resp.read().decode()
     assert 'tradeguard_market_open{exchange="NSE"} 0.0' in metrics
     assert 'tradeguard_market_open{exchange="MCX"}' in metrics  # every configured exchange
+    assert "tradeguard_price_age_seconds{" not in metrics  # a closed market's ages: left out
+    assert "tradeguard_prices_stale 0.0" in metrics
     status, view = h.call("GET", "/api/v1/status")
     assert status == 200 and view["market"]["NSE"] == "closed"
     [row] = [r for r in view["positions"] if r["symbol"] == SYMBOL]

@@ -295,7 +295,10 @@ class Guard:
         # Closing and close_failed positions are still open at the broker, and
         # a failed one is the one most in need of a price: all of them count.
         live = self._store.live_positions()
-        quotes = {p.symbol: self._cache.quote(p.symbol, now) for p in live}
+        # A closed market's prices age all night by design (SPEC §14): they are
+        # left out, so an age or staleness alert rule does not cry wolf at night.
+        quotes = {p.symbol: self._cache.quote(p.symbol, now) for p in live
+                  if self._market is None or self._market.symbol_open(p.symbol)}
         feed = self._status.feed
         return Readings(
             feed_connected=feed.connected,
