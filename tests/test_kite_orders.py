@@ -359,3 +359,16 @@ def test_sighup_reads_the_token_file_again(token_file: Path) -> None:
     finally:
         signal.signal(signal.SIGHUP, before)
     assert tokens() == "standintoken0002"
+
+
+def test_the_limiter_spaces_calls_ten_a_second_on_a_stepped_clock() -> None:
+    """Kite's 10/s: 25 calls at one instant are given slots 0.1 s apart; time passing frees them."""
+    now = [1000.0]
+    slept: list[float] = []
+    limiter = Limiter(clock=lambda: now[0], sleep=slept.append)
+    waits = [limiter.wait() for _ in range(25)]
+    assert waits[0] == 0 and waits[1] == pytest.approx(0.1) and waits[-1] == pytest.approx(2.4)
+    now[0] += 10.0  # long after: no backlog
+    assert limiter.wait() == 0
+    limiter.pause(1.0)  # a 429
+    assert limiter.wait() == pytest.approx(1.0)

@@ -13,8 +13,9 @@ What an answer means (brokers.md §2.5):
 - 429: BrokerUnavailable, and the limiter pauses a second before the next call.
 - 5xx (Kite's `NetworkException` 502/503 as JSON, or a gateway's HTML 502),
   timeouts, resets, DNS: BrokerUnavailable.
-Kite allows 10 requests a second (orders and everything else alike); the
-`Limiter` spaces calls so a mass stop-out does not earn a 429.
+Kite allows 10 orders a second and 10 other requests a second (brokers.md
+§2.6); one `Limiter` for each spaces the calls, so a mass stop-out does not
+earn a 429 and polling fills does not eat the orders' budget.
 """
 
 from __future__ import annotations
@@ -83,14 +84,16 @@ class KiteRest:
 
     def __init__(self, base_url: str, api_key: str, tokens: TokenSource, client: HttpClient, *,
                  on_alert: Callable[[Alert], None] = lambda alert: None,
-                 limiter: Limiter | None = None, timeout: float = 5.0) -> None:
+                 limiter: Limiter | None = None, order_limiter: Limiter | None = None,
+                 timeout: float = 5.0) -> None:
         self.base = base_url.rstrip("/")
         self.host = urlsplit(base_url).hostname or base_url
         self._api_key = api_key
         self.tokens = tokens
         self._client = client
         self._on_alert = on_alert
-        self._limiter = limiter or Limiter()
+        self._limiter = limiter or Limiter()  # reads: 10 a second
+        self._orders = order_limiter or Limiter()  # orders: 10 a second, a budget of their own
         self._timeout = timeout
 
     def get(self, path: str, query: Query = (), *, what: str) -> Any:
@@ -124,11 +127,8 @@ class KiteRest:
         if self.tokens.hold_off():
             raise TokenRejected(f"Kite {what}: not sent, the access token was refused and no "
                                 "new one has arrived")
-        self._limiter.wait()
-        headers = {"X-Kite-Version": KITE_VERSION,
-                   "Authorization": f"token {self._api_key}:{token}"}
-        if body is not None:
-            headers["Content-Type"] = FORM
+        (self._orders if method == "POST" else self._limiter).wait()
+        headers = self._headers(token, body)
         logger.debug("Kite %s %s%s for %s", method, self.host, urlsplit(url).path, what)
         try:
             resp = self._client.request_json(method, url, body=body, headers=headers,
@@ -143,6 +143,13 @@ class KiteRest:
         self._heard(resp, token, what)
         return resp
 
+    def _headers(self, token: str, body: bytes | None) -> dict[str, str]:
+        headers = {"X-Kite-Version": KITE_VERSION,
+                   "Authorization": f"token {self._api_key}:{token}"}
+        if body is not None:
+            headers["Content-Type"] = FORM
+        return headers
+
     def _heard(self, resp: Response, token: str, what: str) -> None:
         """Tell the token source what Kite made of the token; alert on a change of mind."""
         if _is_token_refusal(resp):
@@ -156,7 +163,8 @@ class KiteRest:
         if _is_token_refusal(resp):
             return self._fail(what, detail, kind=TokenRejected)
         if resp.status == 429:
-            self._limiter.pause(SLOW_DOWN)
+            self._limiter.pause(SLOW_DOWN)  # both: Kite may count the app as a whole
+            self._orders.pause(SLOW_DOWN)
             return self._fail(what, f"{detail} (slowing down)")
         if resp.status >= 500 or resp.status in RETRYABLE_4XX or resp.status < 400:
             return self._fail(what, detail)  # nothing final: 5xx, HTML 502, a 200 without data
