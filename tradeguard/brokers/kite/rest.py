@@ -6,7 +6,7 @@ new one is used at once); POST and PUT bodies are form-encoded (SPEC §10,
 brokers.md §2.1, checked against kiteconnect 5.2.2 `connect.py` `_request`).
 
 What an answer means (brokers.md §2.5):
-- `TokenException` (or any 403): `TokenRejected`, a BrokerRefused; the
+- `TokenException` (or a bare 403): `TokenRejected`, a BrokerRefused; the
   token source hears of it, and the first refusal of a token is one critical
   alert (`on_alert`), never one per call.
 - `InputException`, `OrderException` and the other 4xx: BrokerRefused.
@@ -180,7 +180,13 @@ class KiteRest:
 
 
 def _is_token_refusal(resp: Response) -> bool:
-    return resp.status == 403 or _error_type(resp) == "TokenException"
+    """Kite's TokenException, or a 403 that names no other cause (a gateway's page).
+
+    A 403 with another error_type (a PermissionException, say) is a refusal of
+    that call, not of the token: it must not hold every later call back.
+    """
+    kind = _error_type(resp)
+    return kind == "TokenException" or (resp.status == 403 and kind in ("", "(not JSON)"))
 
 
 def _error_type(resp: Response) -> str:
