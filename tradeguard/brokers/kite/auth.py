@@ -64,6 +64,7 @@ class TokenSource:
         self._token = token.strip()
         self._stamp: _Stamp | None = None
         self._rejected: str | None = None  # the token Kite refused, while it is current
+        self._down = False  # a refusal was alerted and no token has been accepted since
         self._last_probe = 0.0
         self.generation = 0  # goes up with every new token
         if self._file is not None:
@@ -113,16 +114,17 @@ class TokenSource:
         with self._changed:
             if token != self._token or token == self._rejected:
                 return False
-            self._rejected = token
+            self._rejected, self._down = token, True
             self._last_probe = self._clock()
             return True
 
     def accepted(self, token: str) -> bool:
-        """Kite took `token`: True if it had been refused before (the caller says it is back)."""
+        """Kite took `token`: True the first time after a refusal (the one "accepted" alert),
+        whether it is the refused token taken back or a new one."""
         with self._changed:
-            if token != self._rejected:
+            if token != self._token or not self._down:
                 return False
-            self._rejected = None
+            self._rejected, self._down = None, False
             return True
 
     @property
