@@ -22,7 +22,7 @@ import trustme
 from actors.system import System
 from tests.support.net import call_json
 from tradeguard.brokers import Broker
-from tradeguard.config import Config, config_from_mapping
+from tradeguard.config import DEFAULT_SESSIONS, Config, config_from_mapping
 from tradeguard.sim.dns_server import DnsServer
 from tradeguard.sim.exchange import SimExchange
 from tradeguard.sim.telegram_server import TelegramServer
@@ -68,6 +68,9 @@ def fast_config(tmp_path: Path, exchange: SimExchange, dns: DnsServer,
                        "restart_backoff_min": 0.05, "restart_backoff_max": 0.5,
                        "max_restarts": 50, "within_seconds": 30},
         "debug": {"fault_injection": True},
+        # Every exchange in session around the clock, so a test passes whenever it runs;
+        # the trading-day tests (test_trading_day.py) give their own [market].
+        "market": {"sessions": dict.fromkeys(DEFAULT_SESSIONS, "always")},
     }
     if telegram is not None:
         # By name, so alerts go through the resolver ladder like the feed does.

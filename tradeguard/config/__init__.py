@@ -14,6 +14,7 @@ from __future__ import annotations
 from tradeguard.config._load import ENV_PREFIX, config_from_mapping, load_config
 from tradeguard.config._rules import MASK, Rule, key, mask_url, registry
 from tradeguard.config._schema import (
+    DEFAULT_SESSIONS,
     MAX_CLOSE_RETRIES,
     MIN_API_TOKEN,
     ApiConfig,
@@ -36,9 +37,9 @@ from tradeguard.config._schema import (
 from tradeguard.config._show import masked, render_toml
 
 __all__ = [
-    "ENV_PREFIX", "MASK", "MAX_CLOSE_RETRIES", "MIN_API_TOKEN", "ApiConfig", "BlindPolicy",
-    "BrokerConfig", "BrokerKind", "Config", "DebugConfig", "DisplayConfig", "DnsConfig",
-    "FeedConfig", "FeedProtocolName", "MarketConfig", "MonitorConfig", "PricesConfig", "Rule",
-    "StoreConfig", "SupervisorConfig", "TelegramConfig", "config_from_mapping", "key",
+    "DEFAULT_SESSIONS", "ENV_PREFIX", "MASK", "MAX_CLOSE_RETRIES", "MIN_API_TOKEN", "ApiConfig",
+    "BlindPolicy", "BrokerConfig", "BrokerKind", "Config", "DebugConfig", "DisplayConfig",
+    "DnsConfig", "FeedConfig", "FeedProtocolName", "MarketConfig", "MonitorConfig", "PricesConfig",
+    "Rule", "StoreConfig", "SupervisorConfig", "TelegramConfig", "config_from_mapping", "key",
     "load_config", "mask_url", "masked", "registry", "render_toml",
 ]
