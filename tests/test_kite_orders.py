@@ -230,6 +230,7 @@ def test_holding_is_per_product(kite: KiteStandIn, broker: KiteBroker) -> None:
     assert mis is not None and (mis.side, mis.quantity) == (Side.SHORT, 3)
     bare = broker.holding("INFY", "CNC")
     assert bare == cnc, "a bare symbol is NSE's"
+    assert broker.holding(INFY, "D") == cnc and broker.holding(INFY, "I") == mis, "Upstox names"
 
 
 # Errors ------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ TAG = re.compile(r"[A-Za-z0-9]{1,20}")
 FILL_WAIT = 5.0  # seconds a placed MARKET order may take to be final
 POLL = 0.1  # seconds between order-history reads while waiting
 MAX_UPDATES = 1000  # final order updates kept until a wait takes them
+UPSTOX_NAMES = {"I": "MIS", "D": "CNC"}  # SPEC §3: either broker's spelling is accepted
 
 
 class KiteBroker:
@@ -89,7 +90,7 @@ class KiteBroker:
     def holding(self, symbol: str, product: str | None = None) -> Holding | None:
         """The net position in `symbol` and `product` (default broker.product), GET positions."""
         exchange, tradingsymbol = split_symbol(symbol, self._exchange)
-        product = (product or self._product).upper()
+        product = self._kite_product(product)
         what = f"positions (for {exchange}:{tradingsymbol})"
         data = self._read("/portfolio/positions", what)
         rows = data.get("net") if isinstance(data, dict) else None
@@ -112,6 +113,10 @@ class KiteBroker:
 
     # Sending ----------------------------------------------------------------
 
+    def _kite_product(self, product: str | None) -> str:
+        name = (product or self._product).upper()
+        return UPSTOX_NAMES.get(name, name)
+
     def _earlier(self, tag: str) -> str | None:
         """The order id of an earlier send of `tag` here, looked up if its answer was lost."""
         with self._lock:
@@ -130,7 +135,7 @@ class KiteBroker:
             "tradingsymbol": tradingsymbol, "exchange": exchange,
             "transaction_type": "SELL" if order.side == "sell" else "BUY",
             "order_type": "MARKET", "quantity": str(quantity),
-            "product": (order.product or self._product).upper(),
+            "product": self._kite_product(order.product),
             "validity": "DAY", "market_protection": str(self._protection), "tag": tag,
         }
         with self._lock:
