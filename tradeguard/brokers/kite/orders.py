@@ -85,7 +85,11 @@ class KiteBroker:
         with self._lock:
             order_id = self._sent.get(tag)
         order_id = order_id or self._find_by_tag(tag, what)
-        return None if order_id is None else self._await_fill(order_id, what)
+        if order_id is None:
+            return None
+        with self._lock:
+            self._sent[tag] = order_id  # found: the book need not be read for it again
+        return self._await_fill(order_id, what)
 
     def holding(self, symbol: str, product: str | None = None) -> Holding | None:
         """The net position in `symbol` and `product` (default broker.product), GET positions."""
@@ -127,6 +131,8 @@ class KiteBroker:
             known = self._find_by_tag(tag, f"lookup of order {tag} before sending it again")
             if known is not None:
                 logger.warning("[KITE] order %s had reached Kite (%s): not sent again", tag, known)
+                with self._lock:
+                    self._sent[tag] = known
         return known
 
     def _send(self, order: CloseOrder, tag: str, quantity: int, what: str) -> str:
