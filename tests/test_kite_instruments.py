@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from actors.system import System
+from tests.support.waiting import wait_until
 from tradeguard.alerts import Alert
 from tradeguard.brokers import make_broker, make_venue
 from tradeguard.brokers.kite import KiteBroker, KiteVenue
@@ -30,10 +31,10 @@ from tradeguard.brokers.kite.instruments import (
     parse_csv,
     trading_days_between,
 )
-from tradeguard.config import config_from_mapping
+from tradeguard.config import DEFAULT_SESSIONS, config_from_mapping
 from tradeguard.errors import BrokerError, PositionError
 from tradeguard.feed import make_protocol
-from tradeguard.positions import Position, Side
+from tradeguard.positions import Position, Side, State
 from tradeguard.sim.kite import ACCESS_TOKEN, API_KEY, KiteStandIn
 from tradeguard.sim.kite.instruments import COLUMNS
 from tradeguard.store import Store
@@ -300,5 +301,45 @@ def test_a_bare_symbol_in_the_api_finds_the_kite_position(kite: KiteStandIn,
         system.services.store.add_position(
             Position("NSE:INFY", Side.LONG, 10, 1500.0, 1400.0, None, opened_at=1.0))
         assert system.guard.release_position("infy")["state"] == "released"
+    finally:
+        system.stop()
+
+
+
+def test_a_breach_on_kites_ticker_closes_once_through_kites_rest(kite: KiteStandIn,
+                                                                tmp_path: Path) -> None:
+    """End to end on loopback: the venue's ticker prices NSE:INFY, the stop fires, one order."""
+    cfg = config_from_mapping({
+        "broker": {"kind": "kite", "url": kite.api_url, "api_key": API_KEY,
+                   "token": ACCESS_TOKEN},
+        "feed": {"protocol": "kite", "url": kite.ticker_url, "reconnect_initial_delay": 0.05,
+                 "reconnect_max_delay": 0.5},
+        "dns": {"fallback_servers": ["127.0.0.1:9"]},
+        "monitor": {"sweep_interval": 0.1},
+        "store": {"path": str(tmp_path / "tg.db")},
+        "market": {"sessions": dict.fromkeys(DEFAULT_SESSIONS, "always")},
+    }, {})
+    kite.book.hold("NSE:INFY", 10, 1500.0)
+    system = System(cfg, api_port=0)
+    system.start()
+    try:
+        assert system.wait_started(20.0)
+        system.guard.open_position(Position("INFY", Side.LONG, 10, 1500.0, 1490.0, None))
+
+
+        def priced() -> bool:  # a tick each look, until the subscription has landed
+            kite.set_price("NSE:INFY", 1501.0)
+            return system.services.cache.quote("NSE:INFY", time.monotonic()) is not None
+        wait_until(priced, 10.0, interval=0.05)
+        kite.set_price("NSE:INFY", 1485.0)
+        wait_until(lambda: system.services.store.live_position("NSE:INFY") is None, 10.0)
+        [row] = [p for p in system.services.store.positions() if p.symbol == "NSE:INFY"]
+        assert row.state is State.CLOSED and row.exit_price == 1485.0
+        [form] = kite.book.forms
+        assert {k: form[k] for k in ("exchange", "tradingsymbol", "transaction_type",
+                                     "quantity", "product", "order_type")} == {
+            "exchange": "NSE", "tradingsymbol": "INFY", "transaction_type": "SELL",
+            "quantity": "10", "product": "MIS", "order_type": "MARKET"}
+        assert form["tag"] == row.client_order_id and kite.book.net_quantity("NSE:INFY") == 0
     finally:
         system.stop()
