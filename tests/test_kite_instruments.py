@@ -278,9 +278,10 @@ def test_the_system_wires_one_venue_and_refuses_an_unlisted_symbol(
     system = System(_cfg(kite, tmp_path))
     try:
         venue = system.venue
-        assert isinstance(venue, KiteVenue) and system.services.venue is venue
-        assert isinstance(system.services.broker, KiteBroker)
+        assert isinstance(venue, KiteVenue)
         assert system.services.broker is venue.broker()
+        assert isinstance(system.services.broker, KiteBroker)
+        assert system.services.venue is system.venue
         with pytest.raises(PositionError, match="did you mean NSE:INFY") as refused:
             system.guard.open_position(Position("NSE:INFI", Side.LONG, 10, 1500.0, 1400.0,
                                                 None))
