@@ -105,16 +105,34 @@ def _stuck(world: World) -> list[str]:
 
 
 def _critical_deliveries(world: World, criticals: list[str]) -> list[str]:
-    delivered = Counter(_one_line(text) for _, text in world.telegram.messages)
+    """Each critical text reached Telegram once: whole, or folded under another's "Also:".
+
+    The delivery policy folds criticals of one kind that wait together into one
+    message (the newest whole, the others' headlines listed), so a headline
+    under "Also:" is a delivery of that alert; a whole text twice is a duplicate.
+    """
+    messages = [text for _, text in world.telegram.messages]
+    whole = Counter(_one_line(text) for text in messages)
+    folded = Counter(line for text in messages for line in _also(text))
     problems = []
     for text in sorted(set(criticals)):
-        if delivered[text] != 1:
-            problems.append(f"critical alert delivered {delivered[text]} times: "
+        if whole[text] > 1:
+            problems.append(f"critical alert delivered {whole[text]} times: "
                             f"{text.split(' | ')[0]}")
+        elif whole[text] + folded[text.split(" | ")[0]] == 0:
+            problems.append(f"critical alert never delivered: {text.split(' | ')[0]}")
     pending = world.system.services.store.pending_count()
     if pending:
         problems.append(f"{pending} alert(s) never delivered")
     return problems
+
+
+def _also(text: str) -> list[str]:
+    """The headlines a folded critical message lists under "Also:", without "(xN)"."""
+    lines = text.split("\n")
+    if "Also:" not in lines:
+        return []
+    return [_REPEAT.sub("", line) for line in lines[lines.index("Also:") + 1:]]
 
 
 def _one_line(text: str) -> str:

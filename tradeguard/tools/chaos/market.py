@@ -13,6 +13,7 @@ of those by hand (an emergency request). Each position's story is an
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import threading
@@ -34,6 +35,8 @@ PAUSE = (0.3, 1.5)  # seconds a symbol rests between two positions
 EMERGENCY_EVERY = 4.0  # mean seconds between emergency requests
 EMERGENCY_RETRY = 3.0
 EMERGENCY = "/api/v1/monitoring/emergency-close-position"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -155,8 +158,8 @@ class Market:
             for symbol in self.symbols:
                 try:
                     self._look_after(symbol, now)
-                except TradeGuardError:
-                    self.counts.api_errors += 1  # the API is down (a fault): next turn
+                except TradeGuardError as exc:
+                    self._unanswered(f"looking after {symbol}", exc)  # next turn
             if now >= next_emergency and not self._settling.is_set():
                 next_emergency = now + self.rng.expovariate(1 / EMERGENCY_EVERY)
                 self._pick_emergency()
@@ -227,5 +230,9 @@ class Market:
         self.counts.emergency_requests += 1
         try:
             self.world.guard().call("POST", EMERGENCY, {"symbol": episode.symbol})
-        except TradeGuardError:
-            self.counts.api_errors += 1
+        except TradeGuardError as exc:
+            self._unanswered(f"emergency close of {episode.symbol}", exc)
+
+    def _unanswered(self, what: str, error: TradeGuardError) -> None:
+        self.counts.api_errors += 1
+        logger.error("[CHAOS] API request unanswered (%s): %s", what, error)

@@ -17,11 +17,14 @@ every invariant held, 1 when one did not, 70 when the run itself failed.
 from __future__ import annotations
 
 import json
+import logging
 import random
+import shutil
 import statistics
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,8 @@ TRADING = [f"CHAOS{i:02d}" for i in range(8)]
 BACKGROUND = [f"CALM{i:02d}" for i in range(24)]
 TURN = 0.1  # seconds between two looks of the chaos loop
 SETTLE_TIMEOUT = 60.0
+
+logger = logging.getLogger(__name__)
 
 
 def run_chaos(duration: float, seed: int | None, as_json: bool) -> int:
@@ -68,6 +73,10 @@ def run(duration: float, seed: int) -> dict[str, Any]:
             market.stop()
         problems = left + violations(world, market, criticals.texts, chaos.memory)
         report = chaos.report(problems, criticals.texts)
+        if problems:  # the log is the evidence: keep it past the temporary directory
+            kept = Path.cwd() / f"tradeguard-chaos-{seed}.log"
+            shutil.copyfile(Path(tmp) / "chaos.log", kept)
+            report["log"] = str(kept)
     report.update(seed=seed, duration_s=duration, elapsed_s=round(time.monotonic() - started, 1))
     return report
 
@@ -100,6 +109,7 @@ class _Run:
                 self.memory.append(resident_mb())
                 return []
             if time.monotonic() > deadline:
+                _log_threads()  # what each thread was doing when it did not settle
                 return [f"not settled {SETTLE_TIMEOUT:.0f}s after the last fault: {item}"
                         for item in left]
             time.sleep(TURN)
@@ -142,6 +152,11 @@ class _Run:
         }
 
 
+def _log_threads() -> None:
+    for thread_id, frame in sys._current_frames().items():
+        logger.error("[CHAOS] thread %s:\n%s", thread_id, "".join(traceback.format_stack(frame)))
+
+
 def _rss(memory: list[float]) -> dict[str, float]:
     if not memory:
         return {}
@@ -177,6 +192,7 @@ def render(report: dict[str, Any]) -> str:
     if report["violations"]:
         lines.append(f"INVARIANTS VIOLATED ({len(report['violations'])}):")
         lines += [f"  - {problem}" for problem in report["violations"]]
+        lines.append(f"the run's log: {report['log']}")
     else:
         lines.append("every invariant held: each crossing closed once, no close without a "
                      "crossing or a request, none left closing, each critical alert delivered "
