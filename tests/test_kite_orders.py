@@ -373,3 +373,17 @@ def test_the_limiter_spaces_calls_ten_a_second_on_a_stepped_clock() -> None:
     assert limiter.wait() == 0
     limiter.pause(1.0)  # a 429
     assert limiter.wait() == pytest.approx(1.0)
+
+
+def test_a_ticker_refusal_alerts_once_with_rest_but_holds_no_close_back(
+        kite: KiteStandIn, rest: KiteRest, tokens: TokenSource, alerts: Alerts) -> None:
+    """The ticker and REST share one alert per refused token; only REST's own refusal holds
+    REST calls back, so a close is still tried after a handshake refused for another reason."""
+    assert tokens.rejected(ACCESS_TOKEN) is True  # the ticker's 403: it sends the one alert
+    assert rest.get("/orders", what="orders") == []  # REST is not held back, and it works
+    assert alerts.kinds() == ["token_accepted"], "the ticker's refusal is over: said once"
+    kite.book.rotate_token("other")
+    with pytest.raises(TokenRejected):
+        rest.get("/orders", what="orders")
+    assert alerts.kinds() == ["token_accepted", "token_rejected"]
+    assert tokens.rejected(ACCESS_TOKEN) is False, "the ticker does not alert it again"

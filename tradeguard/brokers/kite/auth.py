@@ -10,10 +10,12 @@ says (SIGHUP).
 
 A rejected token (Kite's 403 `TokenException`, a 403 at the ticker handshake)
 is one critical alert per token, however many calls are refused (SPEC §12):
-`rejected(token)` says whether this is the first refusal of that token, and
-while it stays the same `hold_off()` tells callers to wait instead of asking
-Kite again. A new token (changed file, SIGHUP, POST /api/v1/broker/token)
-clears it and wakes whoever waits in `wait_for_change`.
+`rejected(token)` says whether this is the first refusal of that token, for
+the REST calls and the ticker alike. While a token Kite's REST API refused
+stays the same, `hold_off()` tells REST callers to wait instead of asking
+Kite again (a ticker refusal alone holds no close back). A new token (changed
+file, SIGHUP, POST /api/v1/broker/token) clears it and wakes whoever waits in
+`wait_for_change`.
 
 The token never appears in a log line or an error message: `scrub` takes it
 out of any text that might hold it.
@@ -65,6 +67,7 @@ class TokenSource:
         self._stamp: _Stamp | None = None
         self._rejected: str | None = None  # the token Kite refused, while it is current
         self._down = False  # a refusal was alerted and no token has been accepted since
+        self._held: str | None = None  # the token REST calls are held back for (see hold_off)
         self._last_probe = 0.0
         self.generation = 0  # goes up with every new token
         if self._file is not None:
@@ -115,14 +118,27 @@ class TokenSource:
             if token != self._token or token == self._rejected:
                 return False
             self._rejected, self._down = token, True
-            self._last_probe = self._clock()
             return True
+
+    def refused_at_rest(self, token: str) -> None:
+        """Kite's REST API refused `token`: REST calls with it are held back (`hold_off`).
+
+        Only a REST refusal holds REST calls back: a ticker handshake refused
+        for another reason must not stop a close from being tried.
+        """
+        with self._changed:
+            if token == self._token:
+                self._held, self._last_probe = token, self._clock()
 
     def accepted(self, token: str) -> bool:
         """Kite took `token`: True the first time after a refusal (the one "accepted" alert),
         whether it is the refused token taken back or a new one."""
         with self._changed:
-            if token != self._token or not self._down:
+            if token != self._token:
+                return False
+            if token == self._held:
+                self._held = None
+            if not self._down:
                 return False
             self._rejected, self._down = None, False
             return True
@@ -141,7 +157,7 @@ class TokenSource:
         """
         self()  # a changed file clears the refusal
         with self._changed:
-            if self._rejected is None or self._rejected != self._token:
+            if self._held is None or self._held != self._token:
                 return False
             if self._clock() - self._last_probe >= self._probe_every:
                 self._last_probe = self._clock()

@@ -153,6 +153,7 @@ class KiteRest:
     def _heard(self, resp: Response, token: str, what: str) -> None:
         """Tell the token source what Kite made of the token; alert on a change of mind."""
         if _is_token_refusal(resp):
+            self.tokens.refused_at_rest(token)
             if self.tokens.rejected(token):
                 self._on_alert(token_rejected(f"REST {what}", self.tokens.scrub(_message(resp))))
         elif resp.status < 400 and self.tokens.accepted(token):
