@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from tradeguard.closing import Closer
 from tradeguard.errors import BrokerRefused, BrokerUnavailable, PositionError
 from tradeguard.net.http import HttpClient
 from tradeguard.notify.outbox import OutboxAlerts
-from tradeguard.positions import Position, Reason, Side, State
+from tradeguard.positions import Position, Reason, Side, State, past_stop
 from tradeguard.sim.kite import ACCESS_TOKEN, API_KEY, KiteStandIn
 from tradeguard.store import Store
 
@@ -362,17 +363,58 @@ def test_sighup_reads_the_token_file_again(token_file: Path) -> None:
     assert tokens() == "standintoken0002"
 
 
-def test_the_limiter_spaces_calls_ten_a_second_on_a_stepped_clock() -> None:
-    """Kite's 10/s: 25 calls at one instant are given slots 0.1 s apart; time passing frees them."""
+def test_the_limiter_allows_ten_in_any_second_on_a_stepped_clock() -> None:
+    """Kite's 10/s: of 25 calls at one instant ten go at once, ten a second later, five after."""
     now = [1000.0]
     slept: list[float] = []
     limiter = Limiter(clock=lambda: now[0], sleep=slept.append)
     waits = [limiter.wait() for _ in range(25)]
-    assert waits[0] == 0 and waits[1] == pytest.approx(0.1) and waits[-1] == pytest.approx(2.4)
+    assert waits[:10] == [0.0] * 10
+    assert waits[10:20] == [pytest.approx(1.0)] * 10 and waits[20:] == [pytest.approx(2.0)] * 5
     now[0] += 10.0  # long after: no backlog
     assert limiter.wait() == 0
     limiter.pause(1.0)  # a 429
     assert limiter.wait() == pytest.approx(1.0)
+
+
+def test_orders_waiting_for_a_slot_go_worst_first() -> None:
+    """Issue 14: in a mass stop-out the close furthest past its stop takes the next slot."""
+    now = [0.0]
+    gate, sleeping = threading.Event(), threading.Event()
+
+    def sleep(seconds: float) -> None:
+        sleeping.set()
+        gate.wait(10)  # the caller taking its slot holds here until the others queue
+        now[0] += seconds
+
+    limiter = Limiter(rate=1, clock=lambda: now[0], sleep=sleep)
+    limiter.wait()  # this second's one slot is taken
+    served: list[str] = []
+
+    def close(name: str, urgency: float) -> None:
+        limiter.wait(urgency)
+        served.append(name)
+
+    first = threading.Thread(target=close, args=("first", 0.0))
+    first.start()  # takes the next slot and sleeps for it
+    assert sleeping.wait(10)
+    others = [threading.Thread(target=close, args=args)
+              for args in (("mild", 0.01), ("worst", 0.2), ("middle", 0.05))]
+    for thread in others:
+        thread.start()
+    wait_until(lambda: limiter.queued() == 3, 10)
+    gate.set()
+    for thread in (first, *others):
+        thread.join(10)
+    assert served == ["first", "worst", "middle", "mild"]
+
+
+def test_past_stop_measures_how_far_through_the_stop_a_price_is() -> None:
+    long = Position(INFY, Side.LONG, 1, 100.0, 90.0, None)
+    short = Position(INFY, Side.SHORT, 1, 100.0, 110.0, None)
+    assert past_stop(long, 81.0) == pytest.approx(0.1) and past_stop(long, 95.0) == 0.0
+    assert past_stop(short, 121.0) == pytest.approx(0.1) and past_stop(short, 105.0) == 0.0
+    assert past_stop(Position(INFY, Side.LONG, 1, 100.0, None, 120.0), 50.0) == 0.0
 
 
 def test_a_ticker_refusal_alerts_once_with_rest_but_holds_no_close_back(

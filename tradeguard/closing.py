@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from tradeguard import alerts
 from tradeguard.brokers import Broker, CloseOrder, Fill
 from tradeguard.errors import BrokerError, BrokerRefused, PositionError, StoreError
-from tradeguard.positions import Position, Reason, Side, State
+from tradeguard.positions import Position, Reason, Side, State, past_stop
 from tradeguard.prices import Quote, Tick
 from tradeguard.store import Store
 
@@ -291,7 +291,8 @@ class Closer:
         return position, CloseOrder(position.client_order_id, position.symbol,
                                     position.exit_side, position.remaining,
                                     position.reason or Reason.EMERGENCY, hint,
-                                    product=position.product)
+                                    product=position.product,
+                                    urgency=self._urgency(position, hint))
 
     def _follow(self, position: Position, held: float) -> Position:
         logger.warning("[CLOSE] %s: the broker holds %g, not %g; closing what it holds",
@@ -370,6 +371,13 @@ class Closer:
             self.alerts.queued(alert)
 
     # Helpers ------------------------------------------------------------------------
+
+    def _urgency(self, position: Position, hint: Tick | None) -> float:
+        """How far past its stop the position is, on the tick that fired or the cached price."""
+        if hint is not None and hint.symbol == position.symbol:
+            return past_stop(position, hint.price)
+        quote = self._quote(position.symbol)
+        return past_stop(position, quote.price) if quote is not None else 0.0
 
     def _decision_age(self, symbol: str, hint: Tick | None) -> float | None:
         """Age of the freshest price TradeGuard has for `symbol` now (SPEC §6)."""

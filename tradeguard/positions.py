@@ -216,6 +216,19 @@ def start_trailing(position: Position, pct: float, best: float) -> Position:
                    stop_loss=tighter(position.side, position.stop_loss, level))
 
 
+def past_stop(position: Position, price: float) -> float:
+    """How far `price` is beyond the stop-loss, as a fraction of it; 0 when it is not.
+
+    A broker that must queue closes (Kite's 10 orders a second) sends the
+    worst first: the position whose price has run furthest through its stop.
+    """
+    stop = position.stop_loss
+    if stop is None:
+        return 0.0
+    beyond = stop - price if position.side is Side.LONG else price - stop
+    return max(0.0, beyond / stop)
+
+
 def pnl(position: Position, exit_price: float) -> float:
     """Profit (positive) or loss (negative) of closing at `exit_price`."""
     direction = 1.0 if position.side is Side.LONG else -1.0

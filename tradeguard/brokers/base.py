@@ -27,6 +27,7 @@ class CloseOrder:
     reason: str
     hint: Tick | None = None
     product: str | None = None  # the position's (Kite MIS/CNC/...); None: broker.product
+    urgency: float = 0.0  # how far the price is past the stop (a fraction): worst goes first
 
 
 @dataclass(frozen=True)

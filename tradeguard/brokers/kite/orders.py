@@ -147,7 +147,7 @@ class KiteBroker:
         with self._lock:
             self._sent[tag] = None  # from here on it may have reached Kite
         try:
-            data = self._rest.post("/orders/regular", form, what=what)
+            data = self._rest.post("/orders/regular", form, what=what, urgency=order.urgency)
         except BrokerRefused as exc:
             raise _explained(exc) from exc
         order_id = data.get("order_id") if isinstance(data, dict) else None

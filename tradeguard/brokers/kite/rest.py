@@ -14,16 +14,20 @@ What an answer means (brokers.md §2.5):
 - 5xx (Kite's `NetworkException` 502/503 as JSON, or a gateway's HTML 502),
   timeouts, resets, DNS: BrokerUnavailable.
 Kite allows 10 orders a second and 10 other requests a second (brokers.md
-§2.6); one `Limiter` for each spaces the calls, so a mass stop-out does not
-earn a 429 and polling fills does not eat the orders' budget.
+§2.6); one `Limiter` for each keeps to that, so a mass stop-out does not
+earn a 429 and polling fills does not eat the orders' budget; orders waiting
+for a slot go worst first (furthest past the stop).
 """
 
 from __future__ import annotations
 
+import heapq
 import http.client
+import itertools
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -49,26 +53,56 @@ class TokenRejected(BrokerRefused):
 
 
 class Limiter:
-    """At most `rate` calls a second, spaced evenly; safe from many threads.
+    """At most `rate` calls in any one second, worst first; safe from many threads.
 
+    Kite counts requests a second (brokers.md §2.6), so up to `rate` calls go
+    at once and the next waits until the oldest of them is a second old: the
+    holding read, the order and its fill of one close never wait on each other.
+    Callers that must wait are served by `priority`, highest first, so in a
+    mass stop-out the order for the position furthest past its stop goes first.
     `pause(seconds)` holds every caller back (after a 429). `clock` and `sleep`
     are injectable so a test can step time.
     """
 
     def __init__(self, rate: float = RATE, *, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], object] = time.sleep) -> None:
-        self._gap = 1.0 / rate
+        self._window: deque[float] = deque(maxlen=max(1, int(rate)))
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
-        self._next = -float("inf")
+        self._turn = threading.Condition()
+        self._waiting: list[tuple[float, int]] = []  # heap of (-priority, arrival)
+        self._serving = False
+        self._arrivals = itertools.count()
+        self._paused_until = -float("inf")
 
-    def wait(self) -> float:
+    def wait(self, priority: float = 0.0) -> float:
         """Take the next slot, sleeping until it comes; returns the time slept."""
+        me = (-priority, next(self._arrivals))
+        with self._turn:
+            heapq.heappush(self._waiting, me)
+            self._turn.wait_for(lambda: not self._serving and self._waiting[0] == me)
+            heapq.heappop(self._waiting)
+            self._serving = True  # one caller at a time takes (and sleeps for) its slot
+        try:
+            return self._take()
+        finally:
+            with self._turn:
+                self._serving = False
+                self._turn.notify_all()
+
+    def queued(self) -> int:
+        """How many callers wait behind the one taking its slot (tests, diagnostics)."""
+        with self._turn:
+            return len(self._waiting)
+
+    def _take(self) -> float:
         with self._lock:
             now = self._clock()
-            slot = max(now, self._next)
-            self._next = slot + self._gap
+            slot = max(now, self._paused_until)
+            if len(self._window) == self._window.maxlen:
+                slot = max(slot, self._window[0] + 1.0)
+            self._window.append(slot)
         delay = slot - now
         if delay > 0:
             self._sleep(delay)
@@ -76,7 +110,7 @@ class Limiter:
 
     def pause(self, seconds: float) -> None:
         with self._lock:
-            self._next = max(self._next, self._clock() + seconds)
+            self._paused_until = max(self._paused_until, self._clock() + seconds)
 
 
 class KiteRest:
@@ -100,10 +134,10 @@ class KiteRest:
         url = self.base + path + (f"?{urlencode(query)}" if query else "")
         return self._call("GET", url, None, what)
 
-    def post(self, path: str, form: Mapping[str, str], *, what: str) -> Any:
+    def post(self, path: str, form: Mapping[str, str], *, what: str, urgency: float = 0.0) -> Any:
         # Not repeated on a dropped connection by the client: a Kite order has
         # no idempotency key; the broker looks it up by tag before sending again.
-        return self._call("POST", self.base + path, urlencode(form).encode(), what)
+        return self._call("POST", self.base + path, urlencode(form).encode(), what, urgency)
 
     def raw(self, url: str, *, what: str, max_body: int) -> Response:
         """A GET whose answer is not Kite JSON (the instrument CSV); status checked, body whole."""
@@ -112,14 +146,15 @@ class KiteRest:
             raise self._status_error(resp, what)
         return resp
 
-    def _call(self, method: str, url: str, body: bytes | None, what: str) -> Any:
-        resp = self._send(method, url, body, what)
+    def _call(self, method: str, url: str, body: bytes | None, what: str,
+              urgency: float = 0.0) -> Any:
+        resp = self._send(method, url, body, what, urgency=urgency)
         if resp.status == 200 and isinstance(resp.body, dict) and "data" in resp.body:
             return resp.body["data"]
         raise self._status_error(resp, what)
 
     def _send(self, method: str, url: str, body: bytes | None, what: str, *,
-              max_body: int | None = None) -> Response:
+              max_body: int | None = None, urgency: float = 0.0) -> Response:
         token = self.tokens()
         if not token:
             raise TokenRejected(f"Kite {what}: not sent, there is no access token "
@@ -127,7 +162,7 @@ class KiteRest:
         if self.tokens.hold_off():
             raise TokenRejected(f"Kite {what}: not sent, the access token was refused and no "
                                 "new one has arrived")
-        (self._orders if method == "POST" else self._limiter).wait()
+        (self._orders if method == "POST" else self._limiter).wait(urgency)
         headers = self._headers(token, body)
         logger.debug("Kite %s %s%s for %s", method, self.host, urlsplit(url).path, what)
         try:
