@@ -49,10 +49,25 @@ class ChildContext:
     report_death: Callable[[str, int, str], None]
     ack: Callable[[int], None]
     stop_event: threading.Event = field(default_factory=threading.Event)
+    on_fence: list[Callable[[], object]] = field(default_factory=list)
 
     @property
     def fenced(self) -> bool:
         return self.stop_event.is_set()
+
+    def fence(self) -> None:
+        """End this incarnation from outside: set its stop event, release what it owns.
+
+        Called by the supervisor, whose thread must never block: each release
+        (a pool's shutdown without waiting) returns at once. A hung actor never
+        runs its own teardown, so without this its idle workers would live on.
+        """
+        self.stop_event.set()
+        for release in self.on_fence:
+            try:
+                release()
+            except Exception:
+                logger.exception("%s: releasing a fenced incarnation failed", self.name)
 
     def handle(self, name: str) -> ChildHandle:
         return self.services.handles[name]
@@ -154,6 +169,7 @@ class GuardActor(pykka.ThreadingActor):
         """
         pool = ThreadPoolExecutor(workers, thread_name_prefix=name)
         self._pools.append(pool)
+        self.ctx.on_fence.append(lambda: pool.shutdown(wait=False, cancel_futures=True))
         return pool
 
     def post(self, message: object) -> None:

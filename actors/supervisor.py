@@ -305,16 +305,17 @@ class Supervisor:
 
     def _fence(self, child: _Child) -> None:
         if child.ctx is not None:
-            child.ctx.stop_event.set()
+            child.ctx.fence()
         ref = child.handle._detach()
         if ref is not None:
+            _drain(ref)  # a hung actor never reads them: let what it was sent go
             with contextlib.suppress(pykka.ActorDeadError):
                 ref.stop(block=False)
 
     def _stop_child(self, child: _Child) -> None:
         ref = child.handle._detach()
         if child.ctx is not None:
-            child.ctx.stop_event.set()
+            child.ctx.fence()
         if ref is None:
             return
         try:
@@ -336,3 +337,13 @@ def _done(future: pykka.Future[Any]) -> bool:
     except Exception:  # noqa: BLE001 - a ping that raised still proves the thread runs
         return True
     return True
+
+
+def _drain(ref: pykka.ActorRef[Any]) -> None:
+    """Empty a fenced incarnation's mailbox (durable messages live on in its handle)."""
+    inbox = ref.actor_inbox  # a queue.Queue for threading actors; the stubs type a Protocol
+    if not isinstance(inbox, queue.Queue):
+        return
+    with contextlib.suppress(queue.Empty):
+        while True:
+            inbox.get_nowait()

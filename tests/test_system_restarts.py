@@ -129,3 +129,20 @@ def test_many_http_clients_while_children_crash(tmp_path: Path) -> None:
         assert not any(t.is_alive() for t in threads), "a request never returned"
         assert len(answers) == 150 and set(answers) <= {200, 503}
         wait_until(h.system.supervisor.all_up, 10)
+
+
+def test_a_hung_monitors_close_workers_leave_when_it_is_replaced(tmp_path: Path) -> None:
+    """Chaos RSS growth: a hung actor never runs its teardown, so its idle close workers
+    lived on (one pool per hang). Fencing it now shuts its pool down from the supervisor."""
+    with running(tmp_path) as h:
+        h.open_long("AAA", 100.0, 90.0)
+        wait_until(lambda: feed_ready(h, "AAA"), 10)
+        h.exchange.send_tick("AAA", 89.0)  # a close: the monitor's pool starts a worker
+        wait_until(lambda: h.system.services.store.live_position("AAA") is None, 10)
+        workers = [t for t in threading.enumerate() if t.name.startswith("close")]
+        assert workers, "the close ran on one of the monitor's own workers"
+
+        h.system.inject_fault("MonitorActor", "hang")
+        wait_until(lambda: restarted(h, "MonitorActor"), 15)
+        wait_until(lambda: not any(t.is_alive() for t in workers), 10,
+                   message="the hung incarnation's close workers are still alive")
