@@ -45,3 +45,15 @@ def test_a_short_chaos_run_breaks_everything_and_every_invariant_holds() -> None
 @pytest.mark.soak
 def test_a_long_chaos_run_keeps_every_invariant() -> None:
     assert_survived(chaos(float(os.environ.get("TRADEGUARD_SOAK_SECONDS", "600")), SEED + 1))
+
+
+def test_a_critical_folded_by_the_notifier_counts_as_delivered() -> None:
+    """The policy sends criticals of one kind as one message: the newest whole, the
+    others' headlines under "Also:". The chaos check must read both as deliveries."""
+    from tradeguard.tools.chaos.checks import _also, _one_line
+
+    message = ("CRITICAL: A: close FAILED (x2)\nError: x\nAlso:\n"
+               "CRITICAL: B: close FAILED\nCRITICAL: C: close FAILED (x3)")
+    assert _one_line(message) == "CRITICAL: A: close FAILED | Error: x"
+    assert _also(message) == ["CRITICAL: B: close FAILED", "CRITICAL: C: close FAILED"]
+    assert _also("CRITICAL: A: blind\nLast price 1") == []

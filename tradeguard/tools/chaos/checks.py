@@ -136,7 +136,9 @@ def _also(text: str) -> list[str]:
 
 
 def _one_line(text: str) -> str:
-    """A Telegram message as the log shows its alert: no "(xN)", lines joined by " | "."""
+    """A Telegram message as the log shows its alert: no "(xN)", no "Also:" list after it,
+    lines joined by " | "."""
+    text = text.split("\nAlso:\n", 1)[0]
     first, newline, rest = text.partition("\n")
     return (_REPEAT.sub("", first) + newline + rest).replace("\n", " | ")
 
