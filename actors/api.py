@@ -14,17 +14,16 @@ import logging
 import time
 from dataclasses import dataclass
 
-from flask import Flask
 from waitress.wasyncore import loop
 
 from actors.base import GuardActor
 from tradeguard.web.app import create_app
-from tradeguard.web.server import Listener, listen
+from tradeguard.web.server import bind, listen
 
 logger = logging.getLogger(__name__)
 
 LOOP_TIMEOUT = 0.2
-BIND_ATTEMPTS = 10
+DRAIN_TIMEOUT = 4.0  # seconds a replaced incarnation keeps answering what it had read
 
 
 @dataclass(frozen=True)
@@ -42,9 +41,11 @@ class ApiActor(GuardActor):
     def setup(self) -> None:
         endpoint, cfg = self.services.api, self.services.cfg.api
         app = create_app(endpoint.guard)
-        self.listener = self._bind(app, cfg.host, endpoint.port)
+        if endpoint.sockets is None:  # the first incarnation binds; the next ones reuse them
+            endpoint.sockets = bind(cfg.host, endpoint.port)
+        self.listener = listen(app, endpoint.sockets)
         endpoint.bound = self.listener.port
-        self.own_thread(self._serve, "api-http", join_timeout=5.0)
+        self.own_thread(self._serve, "api-http", join_timeout=DRAIN_TIMEOUT + 1.0)
         logger.info("[API] listening on http://%s:%s/", cfg.host, endpoint.bound)
 
     def handle(self, message: object) -> object:
@@ -52,21 +53,16 @@ class ApiActor(GuardActor):
             raise ServerDied(f"HTTP serving thread died: {message.error}")
         return super().handle(message)
 
-    def _bind(self, app: Flask, host: str, port: int) -> Listener:
-        # A previous incarnation may still be releasing the port; retry briefly.
-        for attempt in range(BIND_ATTEMPTS):
-            try:
-                return listen(app, host, port)
-            except OSError:
-                if attempt == BIND_ATTEMPTS - 1:
-                    raise
-                time.sleep(0.1 * (attempt + 1))
-        raise AssertionError("unreachable")
-
     def _serve(self) -> None:
         listener, stop = self.listener, self.ctx.stop_event
         try:
             while not stop.is_set():
+                loop(timeout=LOOP_TIMEOUT, map=listener.socket_map, count=1)
+            # Replaced or stopping: new connections wait for the next incarnation;
+            # requests already read (an emergency close) still get their answer.
+            listener.stop_accepting()
+            deadline = time.monotonic() + DRAIN_TIMEOUT
+            while listener.busy() and time.monotonic() < deadline:
                 loop(timeout=LOOP_TIMEOUT, map=listener.socket_map, count=1)
         except Exception as exc:
             logger.exception("[API] the HTTP serving thread failed")

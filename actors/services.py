@@ -8,6 +8,7 @@ lifetime.
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,6 +58,9 @@ class ApiEndpoint:
     guard: GuardApi
     port: int
     bound: int = 0  # written by ApiActor when it listens, read by System.api_port
+    # Bound by the first ApiActor incarnation and kept for the next ones (so a
+    # restart refuses no connection); closed by System.stop.
+    sockets: list[socket.socket] | None = None
 
 
 @dataclass

@@ -139,6 +139,8 @@ class System:
     def stop(self) -> None:
         self.services.shutdown.set()  # wakes any thread hung by fault injection
         self.supervisor.stop()
+        for sock in self.services.api.sockets or ():
+            sock.close()
         if self.venue is not None:
             self.venue.close()
         self.services.resolver.close()

@@ -146,3 +146,34 @@ def test_a_hung_monitors_close_workers_leave_when_it_is_replaced(tmp_path: Path)
         wait_until(lambda: restarted(h, "MonitorActor"), 15)
         wait_until(lambda: not any(t.is_alive() for t in workers), 10,
                    message="the hung incarnation's close workers are still alive")
+
+
+@pytest.mark.parametrize("mode", ["crash", "hang"])
+def test_requests_made_while_the_api_actor_restarts_are_answered(tmp_path: Path,
+                                                                 mode: str) -> None:
+    """Chaos found API requests refused while ApiActor was replaced. The listening socket
+    now outlives the incarnation: a request made in the gap waits and is answered."""
+    with running(tmp_path) as h:
+        answers: list[int] = []
+        errors: list[str] = []
+        done = threading.Event()
+
+        def ask_forever() -> None:
+            while not done.is_set():
+                try:
+                    status, _ = h.call("GET", "/api/v1/positions")
+                    answers.append(status)
+                except OSError as exc:
+                    errors.append(repr(exc))
+
+        asker = threading.Thread(target=ask_forever)
+        asker.start()
+        wait_until(lambda: len(answers) >= 5, 10)
+        h.system.inject_fault("ApiActor", mode)
+        wait_until(lambda: restarted(h, "ApiActor"), 20)
+        count = len(answers)
+        wait_until(lambda: len(answers) > count + 5, 10)  # the new incarnation answers
+        done.set()
+        asker.join(30)
+        assert errors == [], errors[:3]
+        assert set(answers) == {200}
