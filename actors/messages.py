@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from tradeguard.prices import Tick
 
@@ -71,4 +71,4 @@ class WorkerDone:
     job: str
     result: object = None
     error: BaseException | None = None
-    extra: dict[str, object] = field(default_factory=dict)
+    symbol: str = ""  # the position a close job was for

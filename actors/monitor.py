@@ -124,12 +124,12 @@ class MonitorActor(GuardActor):
 
         def done(future: Future[Any]) -> None:
             if not future.cancelled():
-                self.post(WorkerDone("close", error=future.exception(), extra={"symbol": symbol}))
+                self.post(WorkerDone("close", error=future.exception(), symbol=symbol))
 
         job.add_done_callback(done)
 
     def _on_close_done(self, message: WorkerDone) -> None:
-        symbol, error = str(message.extra.get("symbol")), message.error
+        symbol, error = message.symbol, message.error
         if isinstance(error, PositionError) and error.code in (404, 409):
             logger.info("[MONITOR] %s: %s", symbol, error)
         elif isinstance(error, TradeGuardError):

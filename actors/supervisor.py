@@ -42,7 +42,6 @@ logger = logging.getLogger(__name__)
 
 class Restart(enum.Enum):
     PERMANENT = "permanent"  # always restarted
-    TRANSIENT = "transient"  # restarted only after an abnormal death
     TEMPORARY = "temporary"  # never restarted
 
 
@@ -55,6 +54,15 @@ class ChildSpec:
     start_timeout: float = 15.0  # on_start must finish (first ping answered) within this
 
 
+@dataclass(frozen=True)
+class _Ping:
+    """A liveness ping in flight: its answer, when it is overdue, and whom it asked."""
+
+    answer: pykka.Future[Any]
+    deadline: float
+    incarnation: int
+
+
 @dataclass
 class _Child:
     spec: ChildSpec
@@ -64,9 +72,8 @@ class _Child:
     restarts: int = 0
     recent: collections.deque[float] = field(default_factory=collections.deque)
     restart_at: float | None = None
-    ping: tuple[pykka.Future[Any], float, int] | None = None
+    ping: _Ping | None = None
     last_reason: str = ""
-    down_since: float | None = None
     started: bool = False  # on_start finished: the first ping of this incarnation came back
 
 
@@ -195,7 +202,7 @@ class Supervisor:
             if child.restart_at is not None:
                 deadlines.append(child.restart_at)
             if child.ping is not None:
-                deadlines.append(child.ping[1])
+                deadlines.append(child.ping.deadline)
         return max(0.0, min(min(deadlines) - now, 0.25))
 
     def _on_death(self, death: _Death) -> None:
@@ -211,7 +218,8 @@ class Supervisor:
             if child.restart_at is not None:
                 continue
             if child.ping is not None:
-                future, deadline, incarnation = child.ping
+                future, deadline, incarnation = (
+                    child.ping.answer, child.ping.deadline, child.ping.incarnation)
                 if incarnation != child.incarnation or _done(future):
                     child.ping = None
                     child.started = True
@@ -236,7 +244,7 @@ class Supervisor:
                         future = ref.ask(Ping(), block=False)
                     except pykka.ActorDeadError:
                         continue
-                    child.ping = (future, now + self.cfg.liveness_timeout, child.incarnation)
+                    child.ping = _Ping(future, now + self.cfg.liveness_timeout, child.incarnation)
 
     def _mark_dead(self, child: _Child, reason: str) -> None:
         now = self._clock()
@@ -245,7 +253,6 @@ class Supervisor:
         self._fence(child)
         with self._lock:
             child.last_reason = reason
-            child.down_since = now
             if child.spec.restart is Restart.TEMPORARY:
                 child.restart_at = float("inf")
                 return
@@ -286,7 +293,6 @@ class Supervisor:
             child.restart_at = None
             child.ping = None
             child.started = False
-            child.down_since = None
         ctx = self._make_context(child.spec.name, child.incarnation, self._report_death,
                                  child.handle.ack)
         child.ctx = ctx
@@ -300,8 +306,8 @@ class Supervisor:
         # Pings are answered only once on_start has returned: the first answer
         # is the moment the child is really up.
         with contextlib.suppress(pykka.ActorDeadError):
-            child.ping = (ref.ask(Ping(), block=False),
-                          self._clock() + child.spec.start_timeout, child.incarnation)
+            child.ping = _Ping(ref.ask(Ping(), block=False),
+                               self._clock() + child.spec.start_timeout, child.incarnation)
 
     def _fence(self, child: _Child) -> None:
         if child.ctx is not None:

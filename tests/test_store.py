@@ -365,7 +365,6 @@ def test_sent_alerts_are_pruned_to_the_newest_ones(store: Store) -> None:
     total = KEEP_SENT_ALERTS + 50
     ids = [store.enqueue_alert("k", "info", f"a{n}", now=float(n)) for n in range(total + 3)]
     store.mark_sent(ids[:total], now=1.0)
-    assert KEEP_SENT_ALERTS == 200
     sent = [a for a in store.recent_alerts(limit=1000) if a.sent_at is not None]
     assert len(sent) == KEEP_SENT_ALERTS
     assert sorted(a.id for a in sent) == ids[total - KEEP_SENT_ALERTS : total]

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import dns.exception
 import dns.message
@@ -56,7 +56,14 @@ _REMEMBERED = 4  # confirmed addresses kept per host for serve-stale
 
 SystemLookup = Callable[[str], list[str]]
 Observer = Callable[[str, str], None]
-Check = tuple[bool, float | None, str | None]
+
+
+class Check(NamedTuple):
+    """One health check of a resolver: did it answer, how fast, and what went wrong."""
+
+    ok: bool
+    latency_ms: float | None
+    error: str | None
 
 
 @dataclass(frozen=True)
@@ -362,11 +369,11 @@ class Resolver:
         future = self._start_system(host)
         wait([future], timeout=self._timeout)
         if not future.done():
-            return False, None, f"no answer after {self._timeout:g}s"
+            return Check(False, None, f"no answer after {self._timeout:g}s")
         error = future.exception()
         if error is not None:
-            return False, None, str(error)
-        return True, (time.monotonic() - started) * 1000, None
+            return Check(False, None, str(error))
+        return Check(True, (time.monotonic() - started) * 1000, None)
 
     def check_server(self, server: str, host: str) -> Check:
         """(ok, latency_ms, error) of asking one fallback server for host."""
@@ -374,5 +381,5 @@ class Resolver:
         try:
             ask_server(server, host, self._timeout)
         except ResolverError as exc:
-            return False, None, str(exc)
-        return True, (time.monotonic() - started) * 1000, None
+            return Check(False, None, str(exc))
+        return Check(True, (time.monotonic() - started) * 1000, None)
